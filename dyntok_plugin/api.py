@@ -1,0 +1,118 @@
+"""`patch_llava` / `unpatch_llava`: find the host of a model instance and switch DynTok on or off."""
+
+from __future__ import annotations
+
+import importlib
+from types import ModuleType
+from typing import Any, Optional
+
+from torch import nn
+
+from .config import DynTokConfig
+from .errors import UnsupportedModelError
+
+HOST_MODULES = ("dyntok_plugin.patches.hf_llava_onevision", "dyntok_plugin.patches.llava_next")
+CONFIG_ATTRIBUTE = "dyntok"
+
+
+def patch_llava(model: nn.Module, threshold: Any = ..., *, config: Optional[DynTokConfig] = None, **settings: Any):
+    """Switch DynTok on for this model instance (never its class) and return the same model.
+
+    Args:
+        model: a Hugging Face `LlavaOnevisionForConditionalGeneration` or a LLaVA-NeXT `LlavaQwenForCausalLM`-family
+            model, bare or wrapped by PEFT, DDP, FSDP or DeepSpeed.
+        threshold: similarity threshold (`DynTokConfig.threshold`); `None` with a budget.
+        config: a ready `DynTokConfig` instead of keyword settings (held by reference: edit it live).
+        **settings: any other `DynTokConfig` field (`marker`, `similarity`, `train_threshold_range`, `max_tokens`,
+            `target_ratio`, `seed`).
+
+    With no settings at all, the settings saved in `model.config` by an earlier `patch_llava` (they survive
+    `save_pretrained`/`from_pretrained`) are restored, else the defaults are used. Calling it again re-patches with
+    the new settings; wrappers never stack. The live settings are `model.dyntok`, the last call's per-video
+    statistics `model.dyntok.last_stats`.
+
+    Example:
+        >>> from dyntok_plugin import patch_llava, unpatch_llava
+        >>> patch_llava(model, threshold=0.7)          # doctest: +SKIP
+        >>> model.dyntok.threshold = 0.8               # doctest: +SKIP
+        >>> unpatch_llava(model)                       # doctest: +SKIP
+    """
+    target = unwrap_model(model)
+    host = find_host(target)
+    cfg = _resolve_config(target, threshold, config, settings)
+    if is_patched(target):
+        unpatch_llava(model)
+    host.patch(target, cfg)
+    for obj in (model, target):
+        setattr(obj, CONFIG_ATTRIBUTE, cfg)
+    host_config = getattr(target, "config", None)
+    if host_config is not None:
+        setattr(host_config, CONFIG_ATTRIBUTE, cfg.to_dict())
+    return model
+
+
+def unpatch_llava(model: nn.Module):
+    """Restore this model's exact original behaviour and forget its DynTok settings; returns the model."""
+    target = unwrap_model(model)
+    if not is_patched(target):
+        return model
+    find_host(target).unpatch(target)
+    for obj in (model, target):
+        if CONFIG_ATTRIBUTE in getattr(obj, "__dict__", {}):
+            delattr(obj, CONFIG_ATTRIBUTE)
+    host_config = getattr(target, "config", None)
+    if host_config is not None and hasattr(host_config, CONFIG_ATTRIBUTE):
+        delattr(host_config, CONFIG_ATTRIBUTE)
+    return model
+
+
+def is_patched(model: nn.Module) -> bool:
+    """Whether DynTok is on for this model instance."""
+    return isinstance(unwrap_model(model).__dict__.get(CONFIG_ATTRIBUTE), DynTokConfig)
+
+
+def unwrap_model(model: nn.Module) -> nn.Module:
+    """The host model inside PEFT (`get_base_model`), DDP/FSDP/DeepSpeed (`.module`) wrappers."""
+    for _ in range(8):
+        if hasattr(model, "get_base_model") and callable(model.get_base_model):
+            model = model.get_base_model()
+        elif isinstance(getattr(model, "module", None), nn.Module):
+            model = model.module
+        else:
+            return model
+    return model
+
+
+def host_modules() -> list:
+    return [importlib.import_module(name) for name in HOST_MODULES]
+
+
+def find_host(model: nn.Module) -> ModuleType:
+    """The patch module that recognises this model, or an `UnsupportedModelError` naming the supported classes."""
+    hosts = host_modules()
+    for host in hosts:
+        if host.is_supported(model):
+            return host
+    supported = ", ".join(name for host in hosts for name in host.SUPPORTED_CLASSES)
+    raise UnsupportedModelError(
+        f"patch_llava does not support {type(model).__name__}. Supported: {supported}. Pass the model itself "
+        "(PEFT, DDP, FSDP and DeepSpeed wrappers are unwrapped automatically)."
+    )
+
+
+def _resolve_config(
+    model: nn.Module, threshold: Any, config: Optional[DynTokConfig], settings: dict
+) -> DynTokConfig:
+    explicit = threshold is not ... or bool(settings)
+    if config is not None:
+        if explicit:
+            raise ValueError("Pass either config=DynTokConfig(...) or keyword settings to patch_llava, not both.")
+        if not isinstance(config, DynTokConfig):
+            raise TypeError(f"config must be a DynTokConfig, got {type(config).__name__}.")
+        return config
+    if explicit:
+        if threshold is not ...:
+            settings["threshold"] = threshold
+        return DynTokConfig.from_dict(settings)
+    saved = getattr(getattr(model, "config", None), CONFIG_ATTRIBUTE, None)
+    return DynTokConfig.from_dict(dict(saved)) if isinstance(saved, dict) else DynTokConfig()

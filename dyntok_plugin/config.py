@@ -1,0 +1,120 @@
+"""`DynTokConfig`: the validated, live-editable settings of DynTok."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, field
+from typing import Any, Optional, Tuple
+
+MARKERS = ("row", "frame", "video", "none")
+SIMILARITIES = ("vision", "projected")
+
+
+@dataclass
+class DynTokConfig:
+    """Settings of DynTok; every assignment is validated, so a live config never holds a bad value.
+
+    Args:
+        threshold (`float` or `None`, defaults to `0.7`): a token joins its left neighbour's group iff their cosine
+            similarity is strictly greater. `>= 1` merges nothing, `< -1` merges every row into one token.
+            `None` lets a budget (`max_tokens` or `target_ratio`) alone decide.
+        train_threshold_range (`(lo, hi)` or `None`): in training mode draw the threshold `U(lo, hi)` per video and
+            per call (DynTok's second training stage). Eval mode always uses `threshold`.
+        similarity (`"vision"` or `"projected"`): compare the pooled vision-encoder features (paper) or the pooled
+            projected features.
+        marker (`"row"`, `"frame"`, `"video"` or `"none"`): where the grid marker goes: after each row (DynTok),
+            after each frame, once after the video (stock Hugging Face LLaVA-OneVision layout), or nowhere.
+        max_tokens (`int` or `None`): per-video budget, markers included, met exactly; a cap on the threshold.
+        target_ratio (`float` in (0, 1] or `None`): budget as a fraction of the pooled grid, `floor(ratio * F*h*w)`.
+        seed (`int` or `None`): seeds the training-threshold draws; `None` uses torch's global RNG.
+    """
+
+    threshold: Optional[float] = 0.7
+    train_threshold_range: Optional[Tuple[float, float]] = None
+    similarity: str = "vision"
+    marker: str = "row"
+    max_tokens: Optional[int] = None
+    target_ratio: Optional[float] = None
+    seed: Optional[int] = None
+    last_stats: list = field(default_factory=list, init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        self._validate()
+        object.__setattr__(self, "_ready", True)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if getattr(self, "_ready", False) and name in _FIELD_NAMES:
+            dataclasses.replace(self, **{name: value})  # validates the would-be config, raises if invalid
+            if name == "train_threshold_range" and value is not None:
+                value = tuple(float(v) for v in value)
+        object.__setattr__(self, name, value)
+
+    def update(self, **changes: Any) -> "DynTokConfig":
+        """Change several fields at once (validated together), e.g. switch from a threshold to a budget."""
+        unknown = set(changes) - set(_FIELD_NAMES)
+        if unknown:
+            raise ValueError(f"DynTokConfig has no field(s) {sorted(unknown)}; fields are {list(_FIELD_NAMES)}.")
+        candidate = dataclasses.replace(self, **changes)
+        for name in changes:
+            object.__setattr__(self, name, getattr(candidate, name))
+        return self
+
+    def to_dict(self) -> dict:
+        """The settings as a JSON-serialisable dict (what is persisted in a host model's config)."""
+        out = {name: getattr(self, name) for name in _FIELD_NAMES}
+        if out["train_threshold_range"] is not None:
+            out["train_threshold_range"] = list(out["train_threshold_range"])
+        return out
+
+    @classmethod
+    def from_dict(cls, values: dict) -> "DynTokConfig":
+        unknown = set(values) - set(_FIELD_NAMES)
+        if unknown:
+            raise ValueError(f"Unknown DynTok setting(s) {sorted(unknown)}; known settings are {list(_FIELD_NAMES)}.")
+        return cls(**values)
+
+    def _validate(self) -> None:
+        if self.threshold is not None:
+            _require_real("threshold", self.threshold, "any finite float, or None with a budget")
+            object.__setattr__(self, "threshold", float(self.threshold))
+        if self.train_threshold_range is not None:
+            rng = self.train_threshold_range
+            if not isinstance(rng, (tuple, list)) or len(rng) != 2:
+                raise ValueError(f"train_threshold_range must be a pair (lo, hi) of floats or None, got {rng!r}.")
+            lo, hi = rng
+            _require_real("train_threshold_range[0]", lo, "a finite float")
+            _require_real("train_threshold_range[1]", hi, "a finite float")
+            if lo > hi:
+                raise ValueError(f"train_threshold_range must satisfy lo <= hi, got {tuple(rng)!r}.")
+            object.__setattr__(self, "train_threshold_range", (float(lo), float(hi)))
+        if self.similarity not in SIMILARITIES:
+            raise ValueError(f"similarity must be one of {SIMILARITIES}, got {self.similarity!r}.")
+        if self.marker not in MARKERS:
+            raise ValueError(f"marker must be one of {MARKERS}, got {self.marker!r}.")
+        if self.max_tokens is not None:
+            if isinstance(self.max_tokens, bool) or not isinstance(self.max_tokens, int) or self.max_tokens < 1:
+                raise ValueError(f"max_tokens must be a positive int or None, got {self.max_tokens!r}.")
+        if self.target_ratio is not None:
+            _require_real("target_ratio", self.target_ratio, "a float in (0, 1]")
+            if not 0.0 < self.target_ratio <= 1.0:
+                raise ValueError(f"target_ratio must be in (0, 1], got {self.target_ratio!r}.")
+            object.__setattr__(self, "target_ratio", float(self.target_ratio))
+        if self.max_tokens is not None and self.target_ratio is not None:
+            raise ValueError("Give at most one budget: max_tokens or target_ratio, not both.")
+        if self.threshold is None and self.max_tokens is None and self.target_ratio is None:
+            raise ValueError("threshold=None needs a budget: set max_tokens or target_ratio, or give a threshold.")
+        if self.seed is not None and (isinstance(self.seed, bool) or not isinstance(self.seed, int)):
+            raise ValueError(f"seed must be an int or None, got {self.seed!r}.")
+
+    @property
+    def has_budget(self) -> bool:
+        return self.max_tokens is not None or self.target_ratio is not None
+
+
+def _require_real(name: str, value: Any, allowed: str) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise ValueError(f"{name} must be {allowed}, got {value!r}.")
+
+
+_FIELD_NAMES = tuple(f.name for f in dataclasses.fields(DynTokConfig) if f.init)

@@ -1,0 +1,42 @@
+"""Packaging for dyntok-plugin: the core package plus the host patches installed as dyntok_plugin.patches."""
+
+from pathlib import Path
+
+from setuptools import setup
+
+VERSION = "0.1.0"
+
+EXTRAS = {
+    "test": ["pytest>=7", "hypothesis>=6.80", "av>=11", "pillow>=9"],
+    "video": ["av>=11", "numpy>=1.24"],
+    "demo": [
+        "av>=11",
+        "numpy>=1.24",
+        "onnx>=1.15",
+        "onnxruntime>=1.17",
+        "matplotlib>=3.7",
+        "pillow>=9",
+        "tqdm>=4.60",
+    ],
+    "train": ["accelerate>=0.34", "peft>=0.13"],
+    "eval": ["lmms-eval>=0.7,<0.8"],
+    # LLaVA-NeXT is not on PyPI: install it yourself from git (see README, "Supported hosts").
+    "llava-next": [],
+}
+EXTRAS["test"] += [req for req in EXTRAS["demo"] + EXTRAS["train"] if req not in EXTRAS["test"]]
+
+setup(
+    name="dyntok-plugin",
+    version=VERSION,
+    description="DynTok dynamic visual-token compression for LLaVA-OneVision, as a one-call plugin "
+    "for Hugging Face transformers and LLaVA-NeXT.",
+    long_description=Path(__file__).with_name("README.md").read_text(encoding="utf-8"),
+    long_description_content_type="text/markdown",
+    license="Apache-2.0",
+    python_requires=">=3.9",
+    packages=["dyntok_plugin", "dyntok_plugin.patches"],
+    package_dir={"dyntok_plugin": "dyntok_plugin", "dyntok_plugin.patches": "patches"},
+    install_requires=["torch>=2.1", "transformers>=4.45,<6", "einops>=0.6"],
+    extras_require=EXTRAS,
+    entry_points={"console_scripts": ["dyntok=dyntok_plugin.cli:main"]},
+)
