@@ -1,0 +1,398 @@
+"""DynTok for Hugging Face `LlavaOnevisionForConditionalGeneration` (transformers 4.45 to 5.x).
+
+The stock processor expands every `<video>` into a fixed run of `F*h*w + 1` placeholder ids before the model
+runs, and the model insists that the run matches its features. DynTok's length depends on the frames, so this
+module wraps the instance's `forward` and `generate` (`functools.wraps`, so `generate` and `Trainer` still see
+the original signature): when `pixel_values_videos` is given, the wrappers compute the video tokens themselves
+(vision tower -> feature layer and select strategy -> projector -> the host's own `apply_pooling` -> DynTok,
+with the pooled pre-projector features as similarity features and the host's `image_newline` as marker), splice
+them into each sample's placeholder runs, rebuild `input_ids`, `attention_mask`, `labels` (visual positions
+-100) and, when given, `position_ids`/`cache_position`, and call the original with `inputs_embeds`.
+Calls without videos (decode steps included) go to the original untouched.
+
+Host components are found by duck typing (flat layout up to 4.51, `model.model` from 4.52; `video_token_id`
+or `video_token_index`); `get_video_features` is never called (its argument name and newline handling changed
+in 5.18). `generate` returns the caller's `input_ids` followed by the new tokens, as stock transformers does,
+so `output[:, input_ids.shape[1]:]` still selects the answer.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import math
+from dataclasses import dataclass
+from typing import Any, Callable, Optional
+
+import torch
+from torch import Tensor, nn
+
+from dyntok_plugin.compressor import DynTokCompressor
+from dyntok_plugin.config import DynTokConfig
+
+SUPPORTED_CLASSES = ("transformers.LlavaOnevisionForConditionalGeneration",)
+STATE_ATTRIBUTE = "_dyntok_hf_state"
+IGNORE_INDEX = -100
+_CLASS_NAME = "LlavaOnevisionForConditionalGeneration"
+_MIN_MIXED_VERSION = (4, 54)  # first transformers that accepts inputs_embeds together with pixel_values
+
+
+@dataclass
+class _Host:
+    """The parts of one LLaVA-OneVision instance that DynTok uses."""
+
+    owner: nn.Module  # holds vision_tower, multi_modal_projector, image_newline, apply_pooling
+    video_token_id: int
+    pad_token_id: int
+    image_size: int
+    num_channels: int
+    tokens_per_frame: int  # pooled grid h*w
+
+
+@dataclass
+class _State:
+    """Everything patch() changed, so that unpatch() restores it exactly."""
+
+    host: _Host
+    compressor: DynTokCompressor
+    forward: Callable  # the forward that was bound when patched (class method or an accelerate hook)
+    generate: Callable
+    own_forward: bool  # whether `forward` / `generate` were instance attributes before patching
+    own_generate: bool
+
+
+def is_supported(model: nn.Module) -> bool:
+    """Whether `model` is (a subclass of) transformers' `LlavaOnevisionForConditionalGeneration`."""
+    return any(cls.__name__ == _CLASS_NAME for cls in type(model).__mro__)
+
+
+def patch(model: nn.Module, config: DynTokConfig) -> None:
+    """Wrap this instance's `forward` and `generate`; validates everything before changing anything."""
+    if STATE_ATTRIBUTE in model.__dict__:
+        raise RuntimeError("This model is already patched by DynTok; call unpatch_llava(model) first.")
+    host = _find_host(model)
+    hidden_size = model.get_input_embeddings().weight.shape[-1]
+    compressor = DynTokCompressor(hidden_size=hidden_size, config=config, marker=lambda: host.owner.image_newline)
+    state = _State(
+        host=host,
+        compressor=compressor,
+        forward=model.forward,
+        generate=model.generate,
+        own_forward="forward" in model.__dict__,
+        own_generate="generate" in model.__dict__,
+    )
+    model.__dict__[STATE_ATTRIBUTE] = state
+    model.forward = _wrap_forward(model, state)
+    model.generate = _wrap_generate(model, state)
+
+
+def unpatch(model: nn.Module) -> None:
+    """Put back the forward/generate that were bound at patch time and drop all DynTok state."""
+    state = model.__dict__.pop(STATE_ATTRIBUTE, None)
+    if state is None:
+        return
+    for name, original, owned in (("forward", state.forward, state.own_forward),
+                                  ("generate", state.generate, state.own_generate)):
+        if owned:
+            setattr(model, name, original)
+        else:
+            model.__dict__.pop(name, None)
+
+
+def compressor_of(model: nn.Module) -> Optional[DynTokCompressor]:
+    """The compressor a patched model uses (None when not patched)."""
+    state = model.__dict__.get(STATE_ATTRIBUTE)
+    return None if state is None else state.compressor
+
+
+def _find_host(model: nn.Module) -> _Host:
+    needed = ("vision_tower", "multi_modal_projector", "image_newline", "apply_pooling")
+    owner = next(
+        (obj for obj in (getattr(model, "model", None), model) if obj is not None and all(hasattr(obj, n) for n in needed)),
+        None,
+    )
+    if owner is None:
+        raise TypeError(
+            f"{type(model).__name__} lacks the LLaVA-OneVision parts {list(needed)} (on the model or on model.model); "
+            "this transformers version's layout is not supported by dyntok_plugin."
+        )
+    config = model.config
+    video_token_id = getattr(config, "video_token_id", None)
+    if video_token_id is None:
+        video_token_id = getattr(config, "video_token_index", None)
+    if video_token_id is None:
+        raise TypeError("The model config has neither video_token_id nor video_token_index; cannot find video tokens.")
+    text_config = getattr(config, "text_config", config)
+    pad = getattr(config, "pad_token_id", None)
+    pad = getattr(text_config, "pad_token_id", None) if pad is None else pad
+    vision = config.vision_config
+    grid = vision.image_size // vision.patch_size
+    pooled = math.ceil(grid / 2)
+    return _Host(
+        owner=owner,
+        video_token_id=int(video_token_id),
+        pad_token_id=int(pad) if pad is not None else 0,
+        image_size=int(vision.image_size),
+        num_channels=int(getattr(vision, "num_channels", 3)),
+        tokens_per_frame=pooled * pooled,
+    )
+
+
+def _wrap_forward(model: nn.Module, state: _State) -> Callable:
+    original = state.forward
+    signature = inspect.signature(original)
+
+    @functools.wraps(original)
+    def forward(*args, **kwargs):
+        call = _named_arguments(signature, args, kwargs)
+        if call.get("pixel_values_videos") is None:
+            return original(*args, **kwargs)
+        padding_side = _padding_side(call.get("attention_mask"))
+        _splice_videos(model, state, call, padding_side)
+        call["input_ids"] = None  # the forward takes exactly one of input_ids / inputs_embeds
+        return original(**call)
+
+    return forward
+
+
+def _wrap_generate(model: nn.Module, state: _State) -> Callable:
+    original = state.generate
+    signature = inspect.signature(original)
+
+    @functools.wraps(original)
+    def generate(*args, **kwargs):
+        call = _named_arguments(signature, args, kwargs)
+        if call.get("pixel_values_videos") is None:
+            return original(*args, **kwargs)
+        if call.get("inputs") is not None:
+            if call.get("input_ids") is not None:
+                raise ValueError("generate() got input ids both as `inputs` and as `input_ids`; pass one of them.")
+            call["input_ids"] = call.pop("inputs")
+        call.pop("inputs", None)
+        user_ids = call.get("input_ids")
+        with torch.no_grad():
+            _splice_videos(model, state, call, "left")
+        output = original(**call)
+        return _restore_prompt(output, user_ids, call["input_ids"].shape[1])
+
+    return generate
+
+
+def _named_arguments(signature: inspect.Signature, args: tuple, kwargs: dict) -> dict:
+    """The call as one keyword dict (positional arguments named, `**kwargs` flattened)."""
+    bound = signature.bind_partial(*args, **kwargs)
+    call = {}
+    for name, value in bound.arguments.items():
+        if signature.parameters[name].kind is inspect.Parameter.VAR_KEYWORD:
+            call.update(value)
+        else:
+            call[name] = value
+    return call
+
+
+def _padding_side(attention_mask: Optional[Tensor]) -> str:
+    """'left' if some sample's first position is padding, else 'right' (training collators pad right)."""
+    if attention_mask is not None and attention_mask.dim() == 2 and bool((attention_mask[:, 0] == 0).any()):
+        return "left"
+    return "right"
+
+
+def _restore_prompt(output: Any, user_ids: Tensor, spliced_length: int) -> Any:
+    """Replace the spliced prompt at the head of the generated sequences by the caller's `input_ids`."""
+    sequences = output if isinstance(output, Tensor) else output.sequences
+    restored = torch.cat([user_ids.to(sequences.device), sequences[:, spliced_length:]], dim=1)
+    if isinstance(output, Tensor):
+        return restored
+    output.sequences = restored
+    return output
+
+
+def _splice_videos(model: nn.Module, state: _State, call: dict, padding_side: str) -> None:
+    """Compute the DynTok video tokens and rewrite `call` in place to carry them as `inputs_embeds`."""
+    host = state.host
+    input_ids = call.get("input_ids")
+    if input_ids is None:
+        raise ValueError(
+            "DynTok needs input_ids to find the video placeholders; pass input_ids (not only inputs_embeds) "
+            "together with pixel_values_videos."
+        )
+    if call.get("inputs_embeds") is not None:
+        raise ValueError("Pass either input_ids or inputs_embeds together with pixel_values_videos, not both.")
+    if call.get("pixel_values") is not None and _transformers_version() < _MIN_MIXED_VERSION:
+        raise ValueError(
+            "Images and videos in one call need transformers >= 4.54 with DynTok (older versions reject "
+            "inputs_embeds together with pixel_values); upgrade transformers or pass images and videos in "
+            "separate calls."
+        )
+    frames, frames_per_video = _flatten_videos(call.pop("pixel_values_videos"), host)
+    layer = call.get("vision_feature_layer")
+    strategy = call.get("vision_feature_select_strategy")
+    chunks = _video_tokens(model, state, frames, frames_per_video, layer, strategy)
+    expected = [f * host.tokens_per_frame + 1 for f in frames_per_video]
+    spliced = _splice(
+        input_ids, call.get("attention_mask"), call.get("labels"), chunks, expected, frames_per_video, host,
+        model.get_input_embeddings(), padding_side,
+    )
+    call.update(spliced)
+    if call.get("position_ids") is not None:
+        mask = spliced["attention_mask"]
+        call["position_ids"] = (mask.long().cumsum(-1) - 1).masked_fill(mask == 0, 1)
+    if call.get("cache_position") is not None:
+        start = call["cache_position"].reshape(-1)[0]
+        width = spliced["input_ids"].shape[1]
+        call["cache_position"] = torch.arange(width, device=call["cache_position"].device) + start
+    call.pop("image_sizes_videos", None)
+
+
+def _flatten_videos(videos: Any, host: _Host) -> tuple:
+    """`(V, F, C, H, W)` tensor or list of `(F_i, C, H, W)` tensors -> `(sum F_i, C, H, W)`, `[F_i]`."""
+    if isinstance(videos, Tensor):
+        if videos.dim() != 5:
+            raise ValueError(
+                f"pixel_values_videos must be (num_videos, frames, channels, height, width), got shape "
+                f"{tuple(videos.shape)}; use the LLaVA-OneVision processor's output or add the missing axis."
+            )
+        parts = list(videos)
+    elif isinstance(videos, (list, tuple)) and videos and all(isinstance(v, Tensor) for v in videos):
+        parts = list(videos)
+    else:
+        raise TypeError(
+            f"pixel_values_videos must be a tensor (V, F, C, H, W) or a list of (F, C, H, W) tensors, got "
+            f"{type(videos).__name__}."
+        )
+    want = (host.num_channels, host.image_size, host.image_size)
+    for index, part in enumerate(parts):
+        if part.dim() != 4 or tuple(part.shape[1:]) != want or part.shape[0] < 1:
+            raise ValueError(
+                f"video {index} has frames of shape {tuple(part.shape)}; expected (frames >= 1, {want[0]}, "
+                f"{want[1]}, {want[2]}) for this model's vision tower. Resize the frames to {want[1]}x{want[2]} "
+                "(the model's processor does this)."
+            )
+    return torch.cat(parts) if len(parts) > 1 else parts[0], [int(p.shape[0]) for p in parts]
+
+
+def _video_tokens(model, state: _State, frames: Tensor, frames_per_video: list, layer, strategy) -> tuple:
+    """Tower -> feature layer/strategy -> projector -> host pooling -> DynTok; one `(N_i, D)` chunk per video."""
+    host, config = state.host, model.config
+    owner = host.owner
+    layer = config.vision_feature_layer if layer is None else layer
+    strategy = config.vision_feature_select_strategy if strategy is None else strategy
+    tower = owner.vision_tower
+    weight = next(tower.parameters())
+    outputs = tower(frames.to(device=weight.device, dtype=weight.dtype), output_hidden_states=True)
+    hidden = outputs.hidden_states
+    selected = hidden[layer] if isinstance(layer, int) else torch.cat([hidden[i] for i in layer], dim=-1)
+    if strategy == "default":
+        selected = selected[:, 1:]
+    projected = owner.apply_pooling(owner.multi_modal_projector(selected))
+    side = math.isqrt(projected.shape[1])
+    compressor = state.compressor
+    compressor.train(model.training)
+    similarity = None
+    if compressor.config.similarity == "vision":
+        similarity = owner.apply_pooling(selected).reshape(selected.shape[0], side, side, -1)
+    batch = compressor.compress_batch(projected.reshape(projected.shape[0], side, side, -1), frames_per_video, similarity)
+    return batch.chunks()
+
+
+def _splice(input_ids, attention_mask, labels, chunks, expected, frames_per_video, host, embed, padding_side) -> dict:
+    """Replace each video's placeholder run by its tokens, per sample in batch order, and re-pad the batch."""
+    device = input_ids.device
+    embeds = embed(input_ids)
+    valid = attention_mask.bool() if attention_mask is not None else torch.ones_like(input_ids, dtype=torch.bool)
+    video = 0
+    rows = []
+    for b in range(input_ids.shape[0]):
+        keep = valid[b].nonzero().squeeze(1)
+        ids = input_ids[b, keep]
+        lab = labels[b, keep] if labels is not None else None
+        pieces_e, pieces_id, pieces_lab = [], [], []
+        cursor = 0
+        for start, end in _runs(ids == host.video_token_id):
+            first, need = video, 0
+            while need < end - start and video < len(chunks):
+                need += expected[video]
+                video += 1
+            if need != end - start:
+                raise ValueError(
+                    f"Sample {b} has a run of {end - start} video placeholder tokens, but pixel_values_videos' "
+                    f"video(s) {list(range(first, video))} with {frames_per_video[first:video]} frames expect "
+                    f"{expected[first:video]} tokens (frames x {host.tokens_per_frame} + 1 each); "
+                    f"{len(chunks)} videos for the whole batch. Build input_ids with the model's processor for "
+                    "these very videos (same frame count and resolution)."
+                )
+            pieces_e.append(embeds[b, keep[cursor:start]])
+            pieces_id.append(ids[cursor:start])
+            if lab is not None:
+                pieces_lab.append(lab[cursor:start])
+            for chunk in chunks[first:video]:
+                pieces_e.append(chunk.to(device=embeds.device, dtype=embeds.dtype))
+                pieces_id.append(torch.full((chunk.shape[0],), host.video_token_id, dtype=ids.dtype, device=device))
+                if lab is not None:
+                    pieces_lab.append(torch.full((chunk.shape[0],), IGNORE_INDEX, dtype=lab.dtype, device=device))
+            cursor = end
+        pieces_e.append(embeds[b, keep[cursor:]])
+        pieces_id.append(ids[cursor:])
+        if lab is not None:
+            pieces_lab.append(lab[cursor:])
+        rows.append((torch.cat(pieces_e), torch.cat(pieces_id), torch.cat(pieces_lab) if lab is not None else None))
+    if video != len(chunks):
+        raise ValueError(
+            f"pixel_values_videos holds {len(chunks)} videos but input_ids have video placeholder runs for only "
+            f"{video}; add one <video> per video to the prompts (the processor expands each into its run)."
+        )
+    return _pad_rows(rows, input_ids, attention_mask, labels, host, embed, padding_side)
+
+
+def _runs(flags: Tensor) -> list:
+    """`(start, end)` of each maximal run of True in a 1-D bool tensor."""
+    padded = torch.cat([flags.new_zeros(1), flags, flags.new_zeros(1)]).to(torch.int8)
+    edges = torch.diff(padded).nonzero().squeeze(1).tolist()
+    return list(zip(edges[0::2], edges[1::2]))
+
+
+def _pad_rows(rows, input_ids, attention_mask, labels, host, embed, padding_side) -> dict:
+    """Stack per-sample rows into a batch padded on `padding_side`, with a fresh attention mask."""
+    width = max(row[0].shape[0] for row in rows)
+    device = input_ids.device
+    pad_id = _pad_id(input_ids, attention_mask, host)
+    pad_embed = embed(torch.tensor([pad_id], device=device))[0]
+    mask_dtype = attention_mask.dtype if attention_mask is not None else torch.long
+    out_e, out_id, out_mask, out_lab = [], [], [], []
+    for emb, ids, lab in rows:
+        missing = width - ids.shape[0]
+        pad_e = pad_embed.to(emb.dtype).expand(missing, -1)
+        pad_i = torch.full((missing,), pad_id, dtype=ids.dtype, device=device)
+        ones = torch.ones(ids.shape[0], dtype=mask_dtype, device=device)
+        zeros = torch.zeros(missing, dtype=mask_dtype, device=device)
+        pad_l = torch.full((missing,), IGNORE_INDEX, dtype=ids.dtype, device=device)
+        order = (lambda real, pad: (pad, real)) if padding_side == "left" else (lambda real, pad: (real, pad))
+        out_e.append(torch.cat(order(emb, pad_e)))
+        out_id.append(torch.cat(order(ids, pad_i)))
+        out_mask.append(torch.cat(order(ones, zeros)))
+        if lab is not None:
+            out_lab.append(torch.cat(order(lab, pad_l.to(lab.dtype))))
+    result = {
+        "inputs_embeds": torch.stack(out_e),
+        "input_ids": torch.stack(out_id),
+        "attention_mask": torch.stack(out_mask),
+    }
+    if labels is not None:
+        result["labels"] = torch.stack(out_lab)
+    return result
+
+
+def _pad_id(input_ids: Tensor, attention_mask: Optional[Tensor], host: _Host) -> int:
+    """The caller's padding id when the batch has padding, else the config's."""
+    if attention_mask is not None:
+        padded = attention_mask == 0
+        if bool(padded.any()):
+            return int(input_ids[padded][0])
+    return host.pad_token_id
+
+
+@functools.lru_cache(maxsize=1)
+def _transformers_version() -> tuple:
+    import transformers
+
+    return tuple(int(part) for part in transformers.__version__.split(".")[:2])
