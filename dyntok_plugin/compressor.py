@@ -94,12 +94,13 @@ class DynTokCompressor(nn.Module):
         self.config = config if config is not None else DynTokConfig()
         if not isinstance(self.config, DynTokConfig):
             raise TypeError(f"config must be a DynTokConfig, got {type(self.config).__name__}.")
-        self._borrowed_marker: MarkerSource = None
+        # Plain attribute (not nn.Module registration): a borrowed parameter stays the host's alone.
+        object.__setattr__(self, "_borrowed_marker", None)
         if marker is None:
             self.marker = nn.Parameter(torch.randn(hidden_size) / math.sqrt(hidden_size))
         elif isinstance(marker, Tensor) or callable(marker):
             self.marker = None
-            self._borrowed_marker = marker
+            object.__setattr__(self, "_borrowed_marker", marker)
             if isinstance(marker, Tensor):
                 self._check_marker(marker)
         else:
