@@ -1,0 +1,150 @@
+"""Tiny random LLaVA-NeXT (`llavaction` fork) models and inputs for CPU tests.
+
+The real `LlavaQwenForCausalLM` from the PyPI fork `llavaction` with a 2-layer Qwen2 of width 32. Only the vision
+tower is replaced (the real SigLIP tower hard-codes 384 px and calls `from_pretrained`): `TinyTower` is a real
+module with the attributes LLaVA-NeXT reads, an 8x8 patch grid of width 24, so videos pool to 4x4 per frame.
+Callers import this module after `pytest.importorskip("llavaction")`.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Optional, Sequence
+
+import torch
+from torch import nn
+
+IMAGE_TOKEN = -200  # LLaVA-NeXT's IMAGE_TOKEN_INDEX: one per image or video in input_ids
+IGNORE = -100
+PATCHES_PER_SIDE = 8
+POOLED_SIDE = 4
+VISION_WIDTH = 24
+HIDDEN = 32
+PIXELS = 32
+
+
+class TinyTower(nn.Module):
+    """A stand-in SigLIP tower: `(N, 3, 32, 32)` -> `(N, 64, 24)` patch features."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.patch = nn.Conv2d(3, VISION_WIDTH, kernel_size=PIXELS // PATCHES_PER_SIDE, stride=PIXELS // PATCHES_PER_SIDE)
+        self.is_loaded = True
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.patch(images.to(self.dtype)).flatten(2).transpose(1, 2)
+
+    @property
+    def num_patches_per_side(self) -> int:
+        return PATCHES_PER_SIDE
+
+    @property
+    def num_patches(self) -> int:
+        return PATCHES_PER_SIDE**2
+
+    @property
+    def hidden_size(self) -> int:
+        return VISION_WIDTH
+
+    @property
+    def image_size(self) -> int:
+        return PIXELS
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.patch.weight.dtype
+
+    @property
+    def device(self) -> torch.device:
+        return self.patch.weight.device
+
+
+def tiny_config(**overrides):
+    """A `LlavaQwenConfig` for the tiny model; `overrides` change any field (e.g. `mm_newline_position`)."""
+    from llavaction.model.language_model.llava_qwen import LlavaQwenConfig
+
+    fields = dict(
+        vocab_size=128,
+        hidden_size=HIDDEN,
+        intermediate_size=37,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=512,
+        tie_word_embeddings=False,
+        pad_token_id=0,
+        eos_token_id=1,
+        mm_vision_tower="google/siglip-so400m-patch14-384",  # a name only: delay_load keeps it unloaded
+        delay_load=True,
+        mm_hidden_size=VISION_WIDTH,
+        mm_projector_type="mlp2x_gelu",
+        mm_patch_merge_type="spatial_unpad",
+        mm_newline_position="grid",
+        mm_spatial_pool_mode="bilinear",
+        image_aspect_ratio="anyres_max_9",
+        image_grid_pinpoints=[[PIXELS, PIXELS]],
+        add_faster_video=False,
+        tokenizer_padding_side="left",
+        tokenizer_model_max_length=4096,
+    )
+    fields.update(overrides)
+    return LlavaQwenConfig(**fields)
+
+
+def tiny_model(seed: int = 0, **overrides):
+    """A tiny random `LlavaQwenForCausalLM` in eval mode with `TinyTower` and an initialised `image_newline`."""
+    from llavaction.model.language_model.llava_qwen import LlavaQwenForCausalLM
+
+    torch.manual_seed(seed)
+    model = LlavaQwenForCausalLM(tiny_config(**overrides))
+    inner = model.get_model()
+    inner.vision_tower = TinyTower()
+    if hasattr(inner, "image_newline"):
+        nn.init.normal_(inner.image_newline, std=1 / math.sqrt(HIDDEN))
+    return model.eval()
+
+
+def video(frames: int, seed: int = 0, smooth: bool = True) -> torch.Tensor:
+    """`(frames, 3, 32, 32)` pixels. `smooth` makes horizontally neighbouring patches alike, so rows merge at
+    moderate thresholds; otherwise plain noise."""
+    gen = torch.Generator().manual_seed(seed)
+    if not smooth:
+        return torch.randn(frames, 3, PIXELS, PIXELS, generator=gen)
+    coarse = torch.randn(frames, 3, PIXELS, 3, generator=gen)
+    return torch.nn.functional.interpolate(coarse, size=(PIXELS, PIXELS), mode="bilinear", align_corners=True)
+
+
+def prompt(before: Sequence[int] = (5, 6), after: Sequence[int] = (7, 8)) -> list:
+    """Token ids with one image/video placeholder."""
+    return [*before, IMAGE_TOKEN, *after]
+
+
+def left_pad(rows: Sequence[Sequence[int]], pad: int = 0):
+    """Left-padded `input_ids` and `attention_mask` for prompts of different lengths."""
+    width = max(len(r) for r in rows)
+    ids = torch.full((len(rows), width), pad, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for i, r in enumerate(rows):
+        ids[i, width - len(r):] = torch.tensor(r)
+        mask[i, width - len(r):] = 1
+    return ids, mask
+
+
+def labels_for(input_ids: torch.Tensor, attention_mask: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """Labels that train on every text token after the placeholder and ignore the rest."""
+    labels = torch.full_like(input_ids, IGNORE)
+    for i, row in enumerate(input_ids):
+        hits = (row == IMAGE_TOKEN).nonzero()
+        start = int(hits[-1]) + 1 if len(hits) else 0
+        labels[i, start:] = row[start:]
+    if attention_mask is not None:
+        labels[attention_mask == 0] = IGNORE
+    return labels
+
+
+def embeds(model, input_ids, images, modalities, attention_mask=None, labels=None):
+    """`(inputs_embeds, attention_mask, labels)` as the host splices them (works for the 6- and 7-tuple forks)."""
+    out = model.prepare_inputs_labels_for_multimodal(
+        input_ids, None, attention_mask, None, labels, images, modalities, image_sizes=[(PIXELS, PIXELS)] * len(images)
+    )
+    return out[4], out[2], out[5]
