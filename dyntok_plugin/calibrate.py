@@ -1,0 +1,113 @@
+"""Measure DynTok on encoded videos: tokens per frame, ratio-vs-threshold curves, threshold for a target ratio.
+
+Counts come from the core :class:`DynTokCompressor` itself, so what is reported is what a patched
+model would do with the same features. The threshold search is exact: the output length only changes
+at the similarity values, so the answer is read off the sorted similarities and then checked.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from .compressor import DynTokCompressor, DynTokOutput
+from .config import DynTokConfig
+from .grouping import left_similarity
+
+__all__ = ["Calibration", "compress", "find_threshold", "ratio_curve", "tokens_per_frame"]
+
+
+@dataclass(frozen=True)
+class Calibration:
+    """The threshold found for a target ratio over several videos, and what it achieves."""
+
+    target_ratio: float
+    threshold: float
+    ratio: float
+    tokens_in: int
+    tokens_out: int
+    per_video_ratio: tuple
+
+
+def compress(features: Tensor, similarity_features: Tensor, threshold: float, marker: str = "row") -> DynTokOutput:
+    """One video through the core compressor at ``threshold`` (similarity on ``similarity_features``)."""
+    config = DynTokConfig(threshold=threshold, marker=marker)
+    compressor = DynTokCompressor(hidden_size=features.shape[-1], config=config)
+    return compressor(features, similarity_features=similarity_features)
+
+
+def tokens_per_frame(output: DynTokOutput) -> Tensor:
+    """Tokens each frame contributes, markers counted with the frame they close: ``(F,)`` int64."""
+    frames = output.token_map.shape[0]
+    frame_of_token = torch.full((output.tokens.shape[0],), -1, dtype=torch.long)
+    frame_ids = torch.arange(frames).view(frames, 1, 1).expand_as(output.token_map)
+    frame_of_token[output.token_map.flatten()] = frame_ids.flatten()
+    frame_of_token = torch.cummax(frame_of_token, 0).values
+    return torch.bincount(frame_of_token, minlength=frames)
+
+
+def ratio_curve(
+    videos: Sequence[tuple[Tensor, Tensor]], thresholds: Sequence[float], marker: str = "row"
+) -> tuple[Tensor, Tensor]:
+    """Tokens out per video and threshold, ``(V, T)`` int64, plus tokens in per video ``(V,)``.
+
+    ``videos`` holds ``(features, similarity_features)`` pairs of one grid size; all go through the
+    compressor's batched entry point once per threshold.
+    """
+    features = torch.cat([v[0] for v in videos])
+    similarity = torch.cat([v[1] for v in videos])
+    frames = [v[0].shape[0] for v in videos]
+    config = DynTokConfig(threshold=float(thresholds[0]), marker=marker)
+    compressor = DynTokCompressor(hidden_size=features.shape[-1], config=config)
+    counts = []
+    for threshold in thresholds:
+        config.threshold = float(threshold)
+        counts.append(compressor.compress_batch(features, frames, similarity).lengths)
+    rows, cols = features.shape[1:3]
+    tokens_in = torch.tensor([f * rows * cols for f in frames])
+    return torch.tensor(counts).T, tokens_in
+
+
+def find_threshold(
+    videos: Sequence[tuple[Tensor, Tensor]], target_ratio: float, marker: str = "row"
+) -> Calibration:
+    """The largest threshold whose ratio over all ``videos`` (tokens out / tokens in) stays at or below the target.
+
+    Raises ``ValueError`` naming the reachable range when even merging every row exceeds the target.
+    """
+    if not math.isfinite(target_ratio) or target_ratio <= 0:
+        raise ValueError(f"target ratio must be a positive finite number, got {target_ratio!r}")
+    similarity = torch.cat([left_similarity(v[1]) for v in videos]).flatten().double()
+    frames = sum(v[0].shape[0] for v in videos)
+    rows, cols = videos[0][0].shape[1:3]
+    tokens_in = frames * rows * cols
+    probe = DynTokCompressor(hidden_size=videos[0][0].shape[-1], config=DynTokConfig(marker=marker))
+    floor = sum(probe.floor(v[0].shape[0], rows) for v in videos)
+    boundaries = math.floor(target_ratio * tokens_in) - floor
+    if boundaries < 0:
+        raise ValueError(
+            f"target ratio {target_ratio} is below the floor {floor / tokens_in:.4f} of these videos "
+            f"(one token per row plus markers, marker={marker!r}); ask for a ratio >= {floor / tokens_in:.4f}"
+        )
+    ordered = torch.sort(similarity).values
+    if boundaries >= ordered.numel():
+        threshold = 1.0
+    else:
+        upper = ordered[boundaries]
+        below = int(torch.searchsorted(ordered, upper)) - 1
+        lower = float(ordered[below]) if below >= 0 else -1.0 - 1e-3
+        threshold = (lower + float(upper)) / 2
+    counts, per_video_in = ratio_curve(videos, [threshold], marker)
+    tokens_out = int(counts.sum())
+    return Calibration(
+        target_ratio=target_ratio,
+        threshold=threshold,
+        ratio=tokens_out / tokens_in,
+        tokens_in=tokens_in,
+        tokens_out=tokens_out,
+        per_video_ratio=tuple((counts[:, 0].double() / per_video_in.double()).tolist()),
+    )
