@@ -1,0 +1,100 @@
+"""Time DynTokCompressor per video and compare the bytes it must move with the device's copy bandwidth.
+
+    python benchmarks/bench_compressor.py                       # GPU if present: F = 32..256, D = 3584, bf16
+    python benchmarks/bench_compressor.py --frames 2 4 --dim 64 # CPU smoke test
+
+Bytes that must move: the features and the similarity features read once, the output written once. The
+bandwidth fraction divides that by the time and by the device-to-device copy bandwidth measured in the same run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+from pathlib import Path
+
+import torch
+
+from common import RESULTS_DIR, device_kind, device_name, median_seconds, print_table, write_results
+from dyntok_plugin import DynTokCompressor, DynTokConfig
+
+
+def copy_bandwidth(numel: int, dtype: torch.dtype, device: torch.device) -> float:
+    """Bytes per second of a plain tensor copy (read + write) of `numel` elements."""
+    src = torch.randn(numel, device=device).to(dtype)
+    dst = torch.empty_like(src)
+    seconds = median_seconds(lambda: dst.copy_(src), device)
+    return 2 * src.numel() * src.element_size() / seconds
+
+
+def bench(frames: int, grid: int, dim: int, sim_dim: int, marker: str, threshold: float, dtype, device) -> dict:
+    gen = torch.Generator(device=device).manual_seed(frames)
+    # Smooth rows (a shared row vector plus noise) so that the threshold actually merges.
+    base = torch.randn(frames, grid, 1, dim, device=device, generator=gen)
+    features = (base + torch.randn(frames, grid, grid, dim, device=device, generator=gen)).to(dtype)
+    similarity = (base[..., :sim_dim] + torch.randn(frames, grid, grid, sim_dim, device=device, generator=gen))
+    similarity = similarity.to(dtype)
+    comp = DynTokCompressor(dim, DynTokConfig(threshold=threshold, marker=marker)).to(device=device, dtype=dtype)
+    with torch.no_grad():
+        out = comp(features, similarity)
+        seconds = median_seconds(lambda: comp(features, similarity), device)
+    element = features.element_size()
+    moved = (features.numel() + similarity.numel() + out.tokens.numel()) * element
+    return {
+        "frames": frames,
+        "marker": marker,
+        "tokens_in": out.stats.tokens_in,
+        "tokens_out": out.stats.tokens_out,
+        "seconds": seconds,
+        "bytes_moved": moved,
+        "achieved_gb_s": moved / seconds / 1e9,
+        "_moved": moved,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--frames", type=int, nargs="+", default=[32, 64, 128, 256])
+    parser.add_argument("--grid", type=int, default=14, help="pooled tokens per side (14 for LLaVA-OV)")
+    parser.add_argument("--dim", type=int, default=3584, help="LLM hidden size (3584 for Qwen2-7B)")
+    parser.add_argument("--sim-dim", type=int, default=1152, help="vision feature size (1152 for SigLIP-so400m)")
+    parser.add_argument("--markers", nargs="+", default=["row", "frame", "video", "none"])
+    parser.add_argument("--threshold", type=float, default=0.7)
+    parser.add_argument("--dtype", default=None, help="bfloat16 on CUDA, float32 on the CPU by default")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--out", default=None, help="JSON file (default benchmarks/results/<device>.json)")
+    args = parser.parse_args()
+
+    device = torch.device(args.device)
+    dtype = getattr(torch, args.dtype or ("bfloat16" if device.type == "cuda" else "float32"))
+    rows = []
+    for frames in args.frames:
+        bandwidth = None
+        for marker in args.markers:
+            row = bench(frames, args.grid, args.dim, args.sim_dim, marker, args.threshold, dtype, device)
+            if bandwidth is None:
+                bandwidth = copy_bandwidth(row["_moved"] // torch.tensor([], dtype=dtype).element_size(), dtype, device)
+            row["copy_gb_s"] = bandwidth / 1e9
+            row["bandwidth_fraction"] = row.pop("_moved") / row["seconds"] / bandwidth
+            rows.append(row)
+    print(f"DynTokCompressor on {device_name(device)}, {dtype}, {args.grid}x{args.grid} tokens/frame, "
+          f"D={args.dim}, similarity dim {args.sim_dim}, threshold {args.threshold}")
+    print_table(rows, ["frames", "marker", "tokens_in", "tokens_out", "seconds", "achieved_gb_s", "copy_gb_s",
+                       "bandwidth_fraction"])
+    path = Path(args.out) if args.out else RESULTS_DIR / f"{device_kind(device)}.json"
+    payload = {
+        "device": device_name(device),
+        "date": dt.date.today().isoformat(),
+        "torch": torch.__version__,
+        "dtype": str(dtype),
+        "grid": args.grid,
+        "dim": args.dim,
+        "sim_dim": args.sim_dim,
+        "runs": rows,
+    }
+    write_results(path, "compressor", payload)
+    print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,70 @@
+"""Timing, device description and result files shared by the benchmark scripts."""
+
+from __future__ import annotations
+
+import json
+import platform
+import statistics
+import time
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+RESULTS_DIR = Path(__file__).resolve().parent / "results"
+
+
+def median_seconds(fn: Callable[[], object], device: torch.device, warmup: int = 3, repeats: int = 10) -> float:
+    """Median wall time of `fn`, with CUDA events on a GPU (after warm-up runs) and perf_counter on the CPU."""
+    for _ in range(warmup):
+        fn()
+    times = []
+    if device.type == "cuda":
+        for _ in range(repeats):
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            fn()
+            end.record()
+            torch.cuda.synchronize()
+            times.append(start.elapsed_time(end) / 1e3)
+    else:
+        for _ in range(repeats):
+            begin = time.perf_counter()
+            fn()
+            times.append(time.perf_counter() - begin)
+    return statistics.median(times)
+
+
+def device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"CPU ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
+
+
+def device_kind(device: torch.device) -> str:
+    """A file-name-safe name of the device, e.g. `nvidia-h100-80gb-hbm3` or `cpu`."""
+    if device.type != "cuda":
+        return "cpu"
+    return "-".join(device_name(device).lower().replace("nvidia", "nvidia ").split())
+
+
+def print_table(rows: list, columns: list) -> None:
+    widths = [max(len(col), *(len(_fmt(row[col])) for row in rows)) for col in columns]
+    print("  ".join(col.rjust(w) for col, w in zip(columns, widths)))
+    for row in rows:
+        print("  ".join(_fmt(row[col]).rjust(w) for col, w in zip(columns, widths)))
+
+
+def _fmt(value) -> str:
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return str(value)
+
+
+def write_results(path: Path, section: str, payload) -> Path:
+    """Merge `payload` under `section` into the JSON file at `path` (other sections are kept)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    data = json.loads(path.read_text()) if path.exists() else {}
+    data[section] = payload
+    path.write_text(json.dumps(data, indent=2) + "\n")
+    return path
