@@ -31,8 +31,8 @@ def bench(frames: int, grid: int, dim: int, sim_dim: int, marker: str, threshold
     gen = torch.Generator(device=device).manual_seed(frames)
     # Smooth rows (a shared row vector plus noise) so that the threshold actually merges.
     base = torch.randn(frames, grid, 1, dim, device=device, generator=gen)
-    features = (base + torch.randn(frames, grid, grid, dim, device=device, generator=gen)).to(dtype)
-    similarity = (base[..., :sim_dim] + torch.randn(frames, grid, grid, sim_dim, device=device, generator=gen))
+    features = (base + 0.6 * torch.randn(frames, grid, grid, dim, device=device, generator=gen)).to(dtype)
+    similarity = (base[..., :sim_dim] + 0.6 * torch.randn(frames, grid, grid, sim_dim, device=device, generator=gen))
     similarity = similarity.to(dtype)
     comp = DynTokCompressor(dim, DynTokConfig(threshold=threshold, marker=marker)).to(device=device, dtype=dtype)
     with torch.no_grad():
