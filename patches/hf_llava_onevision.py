@@ -18,6 +18,7 @@ so `output[:, input_ids.shape[1]:]` still selects the answer.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import inspect
 import math
@@ -277,9 +278,7 @@ def _video_tokens(model, state: _State, frames: Tensor, frames_per_video: list, 
     owner = host.owner
     layer = config.vision_feature_layer if layer is None else layer
     strategy = config.vision_feature_select_strategy if strategy is None else strategy
-    tower = owner.vision_tower
-    weight = next(tower.parameters())
-    outputs = tower(frames.to(device=weight.device, dtype=weight.dtype), output_hidden_states=True)
+    outputs = owner.vision_tower(frames, output_hidden_states=True)  # the tower casts; accelerate hooks move
     hidden = outputs.hidden_states
     selected = hidden[layer] if isinstance(layer, int) else torch.cat([hidden[i] for i in layer], dim=-1)
     if strategy == "default":
@@ -291,8 +290,20 @@ def _video_tokens(model, state: _State, frames: Tensor, frames_per_video: list, 
     similarity = None
     if compressor.config.similarity == "vision":
         similarity = owner.apply_pooling(selected).reshape(selected.shape[0], side, side, -1)
-    batch = compressor.compress_batch(projected.reshape(projected.shape[0], side, side, -1), frames_per_video, similarity)
+    with _onloaded(owner):
+        batch = compressor.compress_batch(
+            projected.reshape(projected.shape[0], side, side, -1), frames_per_video, similarity
+        )
     return batch.chunks()
+
+
+def _onloaded(owner: nn.Module):
+    """Context in which an accelerate-offloaded `image_newline` (the marker) holds real values."""
+    if getattr(owner, "_hf_hook", None) is None:
+        return contextlib.nullcontext()
+    from accelerate.utils import align_module_device
+
+    return align_module_device(owner)
 
 
 def _splice(input_ids, attention_mask, labels, chunks, expected, frames_per_video, host, embed, padding_side) -> dict:
