@@ -8,12 +8,15 @@ exception whose message names the file, the problem and the fix.
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+
+logger = logging.getLogger(__name__)
 
 __all__ = ["VideoError", "VideoInfo", "load_video", "probe_video", "sample_indices"]
 
@@ -70,8 +73,8 @@ def _open(av, p: Path):
         container = av.open(str(p))
     except av.FFmpegError as err:
         raise VideoError(
-            f"{str(p)!r} is not a readable video ({err.__class__.__name__}: {err.strerror or err}); "
-            "give an mp4/mkv/avi/webm/mpg file that a video player can open"
+            f"{str(p)!r} cannot be opened as a video ({err.__class__.__name__}: {err.strerror or err}): it is not "
+            "a video, or it is truncated or damaged; give an mp4/mkv/avi/webm/mpg file that a video player can open"
         ) from None
     if not container.streams.video:
         container.close()
@@ -133,7 +136,7 @@ def _decode_selected(av, p: Path, wanted: np.ndarray, progress: Callable[[int], 
                     break
         except av.FFmpegError as err:
             raise VideoError(
-                f"{str(p)!r} is corrupt: decoding failed after {decoded} frames ({err}); "
+                f"{str(p)!r} is corrupt: decoding failed after {decoded} frames ({err.strerror or err}); "
                 "re-encode or replace the file"
             ) from None
     return keep, decoded
@@ -150,17 +153,26 @@ def load_video(
     overstates the frame count, the count actually decoded is used instead. ``progress``, if given,
     is called with 1 for every kept frame (e.g. ``tqdm.update``).
     """
+    sample_indices(num_frames, num_frames)
     av = _import_av()
     p = _check_path(path)
     with _open(av, p) as container:
         total = _count_frames(av, container, p)
     if total == 0:
         raise VideoError(f"{str(p)!r} contains no video frames; give a non-empty video")
+    if total < num_frames:
+        raise VideoError(
+            f"{str(p)!r} has {total} frames, fewer than the {num_frames} asked for; ask for at most {total} frames"
+        )
     wanted = sample_indices(total, num_frames)
     frames, decoded = _decode_selected(av, p, wanted, progress)
     if decoded == 0:
         raise VideoError(f"{str(p)!r} is corrupt: no frame could be decoded; re-encode or replace the file")
     if any(frame is None for frame in frames):
+        logger.warning(
+            "%r: the header announces %d frames but only %d decode (truncated file?); sampling over those %d",
+            str(p), total, decoded, decoded,
+        )
         wanted = sample_indices(decoded, num_frames)
         frames, _ = _decode_selected(av, p, wanted, None)
         if any(frame is None for frame in frames):
