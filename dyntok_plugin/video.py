@@ -113,7 +113,10 @@ def probe_video(path: str | os.PathLike) -> VideoInfo:
 
 
 def _decode_selected(av, p: Path, wanted: np.ndarray, progress: Callable[[int], None] | None) -> tuple[list, int]:
-    """Decode the whole stream once, keeping the frames at ``wanted``; returns them and the decoded count."""
+    """Decode up to the last wanted frame, keeping the frames at ``wanted``; returns them and the decoded count.
+
+    A decoding error after the first frame ends the stream there (a truncated file), with a warning.
+    """
     targets = {int(i): n for n, i in enumerate(wanted)}
     keep: list = [None] * len(wanted)
     last = int(wanted[-1]) if len(wanted) else -1
@@ -135,10 +138,11 @@ def _decode_selected(av, p: Path, wanted: np.ndarray, progress: Callable[[int], 
                 if index >= last and len(wanted):
                     break
         except av.FFmpegError as err:
-            raise VideoError(
-                f"{str(p)!r} is corrupt: decoding failed after {decoded} frames ({err.strerror or err}); "
-                "re-encode or replace the file"
-            ) from None
+            if decoded == 0:
+                raise VideoError(
+                    f"{str(p)!r} is corrupt: no frame decodes ({err.strerror or err}); re-encode or replace the file"
+                ) from None
+            logger.warning("%r: decoding stopped after %d frames (%s)", str(p), decoded, err.strerror or err)
     return keep, decoded
 
 
