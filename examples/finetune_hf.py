@@ -313,18 +313,30 @@ def count_parameters(model: torch.nn.Module) -> tuple[int, int]:
 # ------------------------------------------------------------------------------------------------ training
 
 
-def build_trainer(model: torch.nn.Module, processor: Any, dataset: torch.utils.data.Dataset, **training_args: Any):
+def build_trainer(
+    model: torch.nn.Module,
+    processor: Any,
+    dataset: torch.utils.data.Dataset,
+    checkpointing: bool = False,
+    **training_args: Any,
+):
     """An HF `Trainer` with the video collator; `training_args` are `TrainingArguments` fields.
 
-    `remove_unused_columns` stays on: it keeps only the keys named in the patched `forward`'s signature, which
-    `patch_llava` preserves (`functools.wraps`), so `pixel_values_videos` reaches the model.
+    `checkpointing` turns on gradient (activation) checkpointing, non-reentrant so that frozen embeddings and LoRA
+    need no input-gradient hooks. `remove_unused_columns` stays on: it keeps only the keys named in the patched
+    `forward`'s signature, which `patch_llava` preserves (`functools.wraps`), so `pixel_values_videos` gets through.
     """
+    import dataclasses
+
     from transformers import Trainer, TrainingArguments
 
     defaults = dict(report_to=[], save_strategy="no", logging_steps=1, remove_unused_columns=True)
     defaults.update(training_args)
-    if defaults.get("gradient_checkpointing"):
-        defaults.setdefault("gradient_checkpointing_kwargs", {"use_reentrant": False})
+    if checkpointing:
+        names = {f.name for f in dataclasses.fields(TrainingArguments)}
+        prefix = "activation" if "activation_checkpointing" in names else "gradient"  # renamed in transformers 5.x
+        defaults[f"{prefix}_checkpointing"] = True
+        defaults[f"{prefix}_checkpointing_kwargs"] = {"use_reentrant": False}
     args = TrainingArguments(**defaults)
     collator = VideoQACollator(processor.tokenizer.pad_token_id, padding_side="right")
     return Trainer(model=model, args=args, train_dataset=dataset, data_collator=collator)
@@ -421,8 +433,8 @@ def resolve_precision(choice: str, cpu: bool) -> bool:
     return not cpu and torch.cuda.is_available() and torch.cuda.is_bf16_supported()
 
 
-def main(argv: Optional[Sequence[str]] = None) -> Path:
-    """Train, save, and print the path of the saved checkpoint."""
+def train(argv: Optional[Sequence[str]] = None) -> tuple:
+    """Parse `argv`, train and save; returns `(trainer, processor, dataset, output_dir)`."""
     from transformers import AutoProcessor, set_seed
 
     args = parse_args(argv)
@@ -449,6 +461,7 @@ def main(argv: Optional[Sequence[str]] = None) -> Path:
         model,
         processor,
         dataset,
+        checkpointing=args.gradient_checkpointing,
         output_dir=args.output_dir,
         num_train_epochs=args.epochs,
         max_steps=args.max_steps,
@@ -457,7 +470,6 @@ def main(argv: Optional[Sequence[str]] = None) -> Path:
         learning_rate=args.lr,
         warmup_steps=args.warmup_steps,
         bf16=bf16,
-        gradient_checkpointing=args.gradient_checkpointing,
         seed=args.seed,
         deepspeed=args.deepspeed,
         use_cpu=args.cpu,
@@ -468,7 +480,12 @@ def main(argv: Optional[Sequence[str]] = None) -> Path:
         losses = [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
         (out / "train_losses.json").write_text(json.dumps(losses))
         logger.info("saved %s (first loss %.4f, last loss %.4f)", out, losses[0], losses[-1])
-    return out
+    return trainer, processor, dataset, out
+
+
+def main(argv: Optional[Sequence[str]] = None) -> Path:
+    """Train and save; returns the checkpoint folder."""
+    return train(argv)[-1]
 
 
 if __name__ == "__main__":

@@ -102,3 +102,25 @@ def logits_on(model, batch: dict) -> torch.Tensor:
     model.eval()
     with torch.no_grad():
         return model(**batch).logits.float()
+
+
+def eval_batch(dataset) -> dict:
+    """Every example of `dataset` in one right-padded batch (mixed frame counts go as a list of videos)."""
+    fh = finetune_module()
+    return fh.VideoQACollator(dataset.processor.tokenizer.pad_token_id)([dataset[i] for i in range(len(dataset))])
+
+
+def train_and_record(argv) -> None:
+    """Run the example's training; rank 0 then saves the trained model's eval logits on the whole training set.
+
+    Run under `torchrun` by the two-process test, which reloads the checkpoint and compares against these logits.
+    """
+    from dyntok_plugin.api import unwrap_model
+
+    trainer, _, dataset, out = finetune_module().train(argv)
+    if trainer.is_world_process_zero():
+        torch.save(logits_on(unwrap_model(trainer.model), eval_batch(dataset)), Path(out) / "trained_logits.pt")
+
+
+if __name__ == "__main__":
+    train_and_record(sys.argv[1:])
