@@ -1,19 +1,23 @@
 """Tiny random LLaVA-NeXT (`llavaction` fork) models and inputs for CPU tests.
 
-The real `LlavaQwenForCausalLM` from the PyPI fork `llavaction` with a 2-layer Qwen2 of width 32. Only the vision
-tower is replaced (the real SigLIP tower hard-codes 384 px and calls `from_pretrained`): `TinyTower` is a real
-module with the attributes LLaVA-NeXT reads, an 8x8 patch grid of width 24, so videos pool to 4x4 per frame.
-Callers import this module after `pytest.importorskip("llavaction")`.
+The real `LlavaQwenForCausalLM` from the PyPI fork `llavaction` (or, with `DYNTOK_TEST_LLAVA_PACKAGE=llava`,
+from upstream LLaVA-NeXT installed from git) with a 2-layer Qwen2 of width 32. Only the vision tower is replaced
+(the real SigLIP tower hard-codes 384 px and calls `from_pretrained`): `TinyTower` is a real module with the
+attributes LLaVA-NeXT reads, an 8x8 patch grid of width 24, so videos pool to 4x4 per frame.
+Test modules call `pytest.importorskip(PACKAGE)` before building anything.
 """
 
 from __future__ import annotations
 
+import importlib
 import math
+import os
 from typing import Optional, Sequence
 
 import torch
 from torch import nn
 
+PACKAGE = os.environ.get("DYNTOK_TEST_LLAVA_PACKAGE", "llavaction")
 IMAGE_TOKEN = -200  # LLaVA-NeXT's IMAGE_TOKEN_INDEX: one per image or video in input_ids
 IGNORE = -100
 PATCHES_PER_SIDE = 8
@@ -59,10 +63,13 @@ class TinyTower(nn.Module):
         return self.patch.weight.device
 
 
+def _llava_qwen():
+    return importlib.import_module(f"{PACKAGE}.model.language_model.llava_qwen")
+
+
 def tiny_config(**overrides):
     """A `LlavaQwenConfig` for the tiny model; `overrides` change any field (e.g. `mm_newline_position`)."""
-    from llavaction.model.language_model.llava_qwen import LlavaQwenConfig
-
+    LlavaQwenConfig = _llava_qwen().LlavaQwenConfig
     fields = dict(
         vocab_size=128,
         hidden_size=HIDDEN,
@@ -93,10 +100,8 @@ def tiny_config(**overrides):
 
 def tiny_model(seed: int = 0, **overrides):
     """A tiny random `LlavaQwenForCausalLM` in eval mode with `TinyTower` and an initialised `image_newline`."""
-    from llavaction.model.language_model.llava_qwen import LlavaQwenForCausalLM
-
     torch.manual_seed(seed)
-    model = LlavaQwenForCausalLM(tiny_config(**overrides))
+    model = _llava_qwen().LlavaQwenForCausalLM(tiny_config(**overrides))
     inner = model.get_model()
     inner.vision_tower = TinyTower()
     if hasattr(inner, "image_newline"):

@@ -7,9 +7,9 @@ import pytest
 import torch
 from torch import nn
 
-pytest.importorskip("llavaction")
-
 import llava_next_tiny as tiny  # noqa: E402
+
+pytest.importorskip(tiny.PACKAGE)
 from dyntok_plugin import DynTokCompressor, DynTokConfig, UnsupportedModelError, patch_llava, unpatch_llava  # noqa: E402
 from dyntok_plugin.patches import llava_next  # noqa: E402
 

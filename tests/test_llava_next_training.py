@@ -9,9 +9,9 @@ import textwrap
 import pytest
 import torch
 
-pytest.importorskip("llavaction")
-
 import llava_next_tiny as tiny  # noqa: E402
+
+pytest.importorskip(tiny.PACKAGE)
 from dyntok_plugin import is_patched, patch_llava  # noqa: E402
 from dyntok_plugin import llava_next_train  # noqa: E402
 
