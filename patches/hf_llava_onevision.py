@@ -321,6 +321,11 @@ def _splice(input_ids, attention_mask, labels, chunks, expected, frames_per_vide
         cursor = 0
         for start, end in _runs(ids == host.video_token_id):
             first, need = video, 0
+            if first == len(chunks):
+                raise ValueError(
+                    f"Sample {b} has a run of {end - start} video placeholder tokens but pixel_values_videos holds "
+                    f"only {len(chunks)} video(s) for the whole batch; pass one video per <video>, in order."
+                )
             while need < end - start and video < len(chunks):
                 need += expected[video]
                 video += 1
