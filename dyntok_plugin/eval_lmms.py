@@ -318,7 +318,7 @@ class LlavaOneVisionDynTok(lmms):
     def _log_totals(self, totals: dict) -> None:
         """Run-level means into lmms-eval's throughput summary (`results["throughput"]["avg_dyntok_*"]`)."""
         videos = totals["videos"]
-        extra = {"dyntok_videos": videos}
+        extra = {}
         if videos:
             extra.update(
                 dyntok_ratio=totals["tokens_out"] / totals["tokens_in"],
@@ -326,7 +326,7 @@ class LlavaOneVisionDynTok(lmms):
                 dyntok_tokens_out_per_video=totals["tokens_out"] / videos,
             )
         seconds = totals["seconds"]
-        log_metrics(seconds, totals["generated"], totals["generated"] / seconds if seconds else 0.0, extra)
+        log_metrics(seconds, totals["generated"], totals["generated"] / seconds if seconds else 0.0, extra or None)
 
 
 class HFBackend:
