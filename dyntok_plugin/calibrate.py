@@ -1,8 +1,9 @@
 """Measure DynTok on encoded videos: tokens per frame, ratio-vs-threshold curves, threshold for a target ratio.
 
-Counts come from the core :class:`DynTokCompressor` itself, so what is reported is what a patched
-model would do with the same features. The threshold search is exact: the output length only changes
-at the similarity values, so the answer is read off the sorted similarities and then checked.
+Per-threshold results come from the core :class:`DynTokCompressor` itself, so what is reported is
+what a patched model would do with the same features. Sweeps and the threshold search use the sorted
+left-neighbour similarities: the output length only changes at those values, so the search is exact,
+and its answer is then run through the compressor.
 """
 
 from __future__ import annotations
@@ -55,21 +56,29 @@ def ratio_curve(
 ) -> tuple[Tensor, Tensor]:
     """Tokens out per video and threshold, ``(V, T)`` int64, plus tokens in per video ``(V,)``.
 
-    ``videos`` holds ``(features, similarity_features)`` pairs of one grid size; all go through the
-    compressor's batched entry point once per threshold.
+    ``videos`` holds ``(features, similarity_features)`` pairs of one grid size. A video keeps one
+    token per row plus its markers, plus one per left-neighbour similarity ``<= tau``: counted with
+    one sort per video, so a fine sweep costs no more than a coarse one (tests check it against the
+    compressor's own output lengths).
     """
+    grid = torch.tensor([float(t) for t in thresholds], dtype=torch.float64)
+    probe = DynTokCompressor(hidden_size=videos[0][0].shape[-1], config=DynTokConfig(marker=marker))
+    counts, tokens_in = [], []
+    for features, similarity_features in videos:
+        frames, rows, cols = features.shape[:3]
+        ordered = torch.sort(left_similarity(similarity_features).flatten().double()).values
+        counts.append(probe.floor(frames, rows) + torch.searchsorted(ordered, grid, right=True))
+        tokens_in.append(frames * rows * cols)
+    return torch.stack(counts), torch.tensor(tokens_in)
+
+
+def _core_lengths(videos: Sequence[tuple[Tensor, Tensor]], threshold: float, marker: str) -> list:
+    """Tokens out per video from the core compressor's batched entry point."""
     features = torch.cat([v[0] for v in videos])
-    similarity = torch.cat([v[1] for v in videos])
-    frames = [v[0].shape[0] for v in videos]
-    config = DynTokConfig(threshold=float(thresholds[0]), marker=marker)
-    compressor = DynTokCompressor(hidden_size=features.shape[-1], config=config)
-    counts = []
-    for threshold in thresholds:
-        config.threshold = float(threshold)
-        counts.append(compressor.compress_batch(features, frames, similarity).lengths)
-    rows, cols = features.shape[1:3]
-    tokens_in = torch.tensor([f * rows * cols for f in frames])
-    return torch.tensor(counts).T, tokens_in
+    compressor = DynTokCompressor(hidden_size=features.shape[-1], config=DynTokConfig(threshold=threshold,
+                                                                                      marker=marker))
+    return compressor.compress_batch(features, [v[0].shape[0] for v in videos],
+                                     torch.cat([v[1] for v in videos])).lengths
 
 
 def find_threshold(
@@ -101,13 +110,13 @@ def find_threshold(
         below = int(torch.searchsorted(ordered, upper)) - 1
         lower = float(ordered[below]) if below >= 0 else -1.0 - 1e-3
         threshold = (lower + float(upper)) / 2
-    counts, per_video_in = ratio_curve(videos, [threshold], marker)
-    tokens_out = int(counts.sum())
+    lengths = _core_lengths(videos, threshold, marker)
+    tokens_out = sum(lengths)
     return Calibration(
         target_ratio=target_ratio,
         threshold=threshold,
         ratio=tokens_out / tokens_in,
         tokens_in=tokens_in,
         tokens_out=tokens_out,
-        per_video_ratio=tuple((counts[:, 0].double() / per_video_in.double()).tolist()),
+        per_video_ratio=tuple(n / (v[0].shape[0] * rows * cols) for n, v in zip(lengths, videos)),
     )

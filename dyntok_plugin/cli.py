@@ -259,18 +259,81 @@ def run_calibrate(args: argparse.Namespace) -> int:
 
 
 def run_generate(args: argparse.Namespace) -> int:
-    from .generate import generate_answer
+    import torch
+
+    from . import patch_llava
+    from .encoders import frames_to_pixels, load_llava_onevision
 
     probe_video(args.video)
-    result = generate_answer(args.model, args.video, args.prompt, frames=args.frames, threshold=args.threshold,
-                             marker=args.marker, max_new_tokens=args.max_new_tokens,
-                             progress=lambda total, desc: _progress(total, desc))
-    print(result.answer)
+    model, mean, std = load_llava_onevision(args.model)
+    tokenizer = _load_tokenizer(args.model)
+    input_ids = _prompt_ids(model, tokenizer, _chat_prompt(args.model, tokenizer, args.prompt), args.frames)
+    _, video = _decode(args.video, args.frames)
+    pixels = frames_to_pixels(video, int(model.config.vision_config.image_size), mean, std)
+    patch_llava(model, threshold=args.threshold, marker=args.marker)
+    with torch.no_grad():
+        output = model.generate(
+            input_ids=input_ids[None],
+            attention_mask=torch.ones_like(input_ids)[None],
+            pixel_values_videos=pixels[None].to(model.dtype),
+            max_new_tokens=args.max_new_tokens,
+            do_sample=False,
+        )
+    print(tokenizer.decode(output[0, input_ids.numel():], skip_special_tokens=True).strip())
     print()
     print(_table(["frames", "tokens in", "tokens out", "ratio", "threshold"],
                  [[s.frames, s.tokens_in, s.tokens_out, f"{s.ratio:.4f}", f"{s.threshold:.4f}"]
-                  for s in result.stats]))
+                  for s in model.dyntok.last_stats]))
     return 0
+
+
+def _load_tokenizer(model_id: str):
+    from transformers import AutoTokenizer
+
+    from .encoders import EncoderError
+
+    try:
+        return AutoTokenizer.from_pretrained(model_id)
+    except (OSError, ValueError) as err:
+        raise EncoderError(f"--model {model_id!r}: cannot load its tokenizer ({_one_line(err)})") from None
+
+
+def _chat_prompt(model_id: str, tokenizer, prompt: str) -> str:
+    """The prompt in the checkpoint's chat format (the processor's template if saved, else the tokenizer's)."""
+    from transformers.utils import cached_file
+
+    from .encoders import EncoderError
+
+    template = None
+    for name in ("chat_template.jinja", "chat_template.json"):
+        path = cached_file(model_id, name, _raise_exceptions_for_missing_entries=False)
+        if path:
+            text = Path(path).read_text(encoding="utf-8")
+            template = json.loads(text)["chat_template"] if name.endswith(".json") else text
+            break
+    template = template or tokenizer.chat_template
+    if not template:
+        raise EncoderError(f"--model {model_id!r} has no chat template (processor or tokenizer); "
+                           "save one with the checkpoint")
+    messages = [{"role": "user", "content": [{"type": "video"}, {"type": "text", "text": prompt}]}]
+    return tokenizer.apply_chat_template(messages, chat_template=template, tokenize=False, add_generation_prompt=True)
+
+
+def _prompt_ids(model, tokenizer, text: str, frames: int):
+    """Token ids with the single ``<video>`` expanded to the stock run of ``F*h*w + 1`` placeholders."""
+    import torch
+
+    config = model.config
+    video_id = getattr(config, "video_token_id", None)
+    video_id = config.video_token_index if video_id is None else video_id
+    ids = torch.tensor(tokenizer(text, add_special_tokens=False)["input_ids"], dtype=torch.long)
+    found = int((ids == video_id).sum())
+    if found != 1:
+        raise ValueError(f"the chat template produced {found} video placeholders (id {video_id}), expected 1; "
+                         "check the checkpoint's tokenizer and chat template")
+    side = math.ceil(config.vision_config.image_size // config.vision_config.patch_size / 2)
+    repeats = torch.where(ids == video_id, frames * side * side + 1, 1)
+    return torch.repeat_interleave(ids, repeats)
 
 
 def _table(header: Sequence[str], rows: Sequence[Sequence]) -> str:
