@@ -252,7 +252,12 @@ class LlavaOnevisionEncoder:
 
 def load_llava_onevision(id_or_path: str, dtype: torch.dtype = torch.float32):
     """``(model, image_mean, image_std)`` for a LLaVA-OneVision checkpoint; one-line errors for bad ids or paths."""
-    looks_like_path = os.path.sep in id_or_path or id_or_path.startswith(".") or Path(id_or_path).exists()
+    looks_like_path = (
+        Path(id_or_path).exists()
+        or id_or_path.startswith((".", "/", "~", "\\"))
+        or id_or_path.count("/") > 1
+        or "\\" in id_or_path
+    )
     if looks_like_path:
         folder = Path(id_or_path)
         if not folder.is_dir():
@@ -266,8 +271,8 @@ def load_llava_onevision(id_or_path: str, dtype: torch.dtype = torch.float32):
     except (OSError, ValueError) as err:
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise EncoderError(
-            f"--model {id_or_path!r}: cannot load its config ({first}); give a local checkpoint folder "
-            "or a hub id present in the local cache"
+            f"--model {id_or_path!r} is neither a checkpoint folder nor a loadable hub id ({first}); give a "
+            "checkpoint folder, or a hub id already in the local cache when offline"
         ) from None
     if getattr(config, "model_type", None) != "llava_onevision":
         raise EncoderError(

@@ -1,0 +1,86 @@
+"""`dyntok generate` on a tiny random LLaVA-OneVision checkpoint saved to a temporary folder, with a real clip."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+
+import pytest
+import torch
+
+import hf_tiny
+import media
+from dyntok_plugin.cli import main
+from dyntok_plugin.encoders import SIGLIP_MEAN, SIGLIP_STD, frames_to_pixels
+from dyntok_plugin.video import load_video
+
+FRAMES = 3
+PROMPT = "what is happening in the video ?"
+NEW_TOKENS = 6
+
+
+def run(argv: list) -> tuple:
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        code = main([str(a) for a in argv])
+    return code, out.getvalue(), err.getvalue()
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    return hf_tiny.save_tiny_checkpoint(tmp_path_factory.mktemp("tiny") / "ckpt", seed=3)
+
+
+def generate(checkpoint, *extra) -> tuple:
+    code, stdout, stderr = run(["generate", "--model", checkpoint, "--video", media.CITY_CLIP, "--prompt", PROMPT,
+                                "--frames", FRAMES, "--max-new-tokens", NEW_TOKENS, *extra])
+    assert code == 0, stderr
+    lines = stdout.splitlines()
+    header = next(i for i, line in enumerate(lines) if line.split()[:1] == ["frames"])
+    frames, tokens_in, tokens_out, ratio, threshold = lines[header + 1].split()
+    return "\n".join(lines[: header - 1]), int(frames), int(tokens_in), int(tokens_out), float(ratio)
+
+
+def stock_answer(checkpoint) -> str:
+    """Greedy answer of the unpatched model on inputs built the stock way (one placeholder run of F*h*w+1)."""
+    from transformers import AutoTokenizer, LlavaOnevisionForConditionalGeneration
+
+    model = LlavaOnevisionForConditionalGeneration.from_pretrained(checkpoint).eval()
+    tokenizer = AutoTokenizer.from_pretrained(checkpoint)
+    messages = [{"role": "user", "content": [{"type": "video"}, {"type": "text", "text": PROMPT}]}]
+    text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    before, after = text.split("<video>")
+    ids = (tokenizer(before, add_special_tokens=False)["input_ids"] + hf_tiny.sample_ids(("video", FRAMES))
+           + tokenizer(after, add_special_tokens=False)["input_ids"])
+    pixels = frames_to_pixels(load_video(media.CITY_CLIP, FRAMES), hf_tiny.IMAGE_SIZE, SIGLIP_MEAN, SIGLIP_STD)
+    input_ids = torch.tensor([ids])
+    with torch.no_grad():
+        output = model.generate(input_ids=input_ids, attention_mask=torch.ones_like(input_ids),
+                                pixel_values_videos=pixels[None], max_new_tokens=NEW_TOKENS, do_sample=False)
+    return tokenizer.decode(output[0, input_ids.shape[1]:], skip_special_tokens=True).strip()
+
+
+def test_generate_prints_an_answer_and_the_statistics(checkpoint):
+    answer, frames, tokens_in, tokens_out, ratio = generate(checkpoint, "--threshold", "0.7")
+    grid = hf_tiny.POOLED
+    assert answer.strip()
+    assert (frames, tokens_in) == (FRAMES, FRAMES * grid * grid)
+    assert FRAMES * grid * 2 <= tokens_out <= FRAMES * grid * (grid + 1)  # all merged .. nothing merged, row markers
+    assert ratio == pytest.approx(tokens_out / tokens_in, abs=1e-4)
+
+
+def test_generate_without_merging_equals_the_stock_model(checkpoint):
+    answer, _, tokens_in, tokens_out, _ = generate(checkpoint, "--threshold", "1.5", "--marker", "video")
+    assert tokens_out == tokens_in + 1  # the stock layout: the pooled grid and one newline
+    assert answer == stock_answer(checkpoint)
+
+
+def test_generate_rejects_a_checkpoint_of_another_kind(tmp_path):
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    Qwen2ForCausalLM(Qwen2Config(vocab_size=64, hidden_size=16, intermediate_size=20, num_hidden_layers=1,
+                                 num_attention_heads=2, num_key_value_heads=1)).save_pretrained(tmp_path / "qwen")
+    code, stdout, stderr = run(["generate", "--model", tmp_path / "qwen", "--video", media.CITY_CLIP,
+                                "--prompt", PROMPT])
+    assert code == 2 and stdout == ""
+    assert stderr.count("\n") == 1 and "is a 'qwen2' model; give a LLaVA-OneVision checkpoint" in stderr
