@@ -26,6 +26,7 @@ from __future__ import annotations
 import copy
 import json
 import time
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, List, Optional, Sequence, Tuple
@@ -172,6 +173,7 @@ class LlavaOneVisionDynTok(lmms):
         self.max_frames_num = _positive_int("max_frames_num", max_frames_num)
         self.stats_path = Path(dyntok_stats_path) if dyntok_stats_path not in (None, "") else None
         self.pretrained = str(pretrained)
+        self._videos: OrderedDict = OrderedDict()
         self._setup_devices(device)
         kind = _detect_backend(self.pretrained) if backend == "auto" else backend
         options = dict(dtype=dtype, device=self._device, device_map=device_map, attn_implementation=attn_implementation)
@@ -266,8 +268,7 @@ class LlavaOneVisionDynTok(lmms):
         prompt = Prompt(context=context)
         for visual in _flatten(visuals):
             if isinstance(visual, (str, Path)):
-                frames = min(self.max_frames_num, max(1, probe_video(visual).frames))
-                prompt.videos.append(load_video(visual, frames))
+                prompt.videos.append(self._frames(str(visual)))
             elif hasattr(visual, "convert") and hasattr(visual, "size"):
                 prompt.images.append(visual.convert("RGB"))
             else:
@@ -276,6 +277,18 @@ class LlavaOneVisionDynTok(lmms):
                     "file paths and PIL images."
                 )
         return prompt
+
+    def _frames(self, path: str) -> np.ndarray:
+        """`max_frames_num` frames (all of a shorter video), kept for the last few videos: benchmarks such as
+        Video-MME ask several questions about each video in a row."""
+        if path in self._videos:
+            self._videos.move_to_end(path)
+            return self._videos[path]
+        frames = load_video(path, min(self.max_frames_num, max(1, probe_video(path).frames)))
+        self._videos[path] = frames
+        while len(self._videos) > self.batch_size + 2:
+            self._videos.popitem(last=False)
+        return frames
 
     def _reset_stats(self) -> None:
         if self.dyntok_config is not None:

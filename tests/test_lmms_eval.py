@@ -76,9 +76,9 @@ def second_clip(tmp_path_factory) -> Path:
     return path
 
 
-def make_model(checkpoint: Path, args: str = "", batch_size: int = 1) -> LlavaOneVisionDynTok:
+def make_model(checkpoint: Path, args: str = "", batch_size: int = 1, frames: int = FRAMES) -> LlavaOneVisionDynTok:
     """The registered class, built the way lmms-eval builds it from `--model_args` and `--batch_size`."""
-    arg_string = ",".join(part for part in (f"pretrained={checkpoint},max_frames_num={FRAMES}", args) if part)
+    arg_string = ",".join(part for part in (f"pretrained={checkpoint},max_frames_num={frames}", args) if part)
     return get_model(MODEL_ID).create_from_arg_string(arg_string, {"batch_size": str(batch_size), "device": "cpu"})
 
 
@@ -247,6 +247,32 @@ def test_run_level_means_reach_the_throughput_summary(checkpoint, second_clip, t
     lines = [json.loads(line) for line in side_file.read_text().splitlines()]
     assert [(line["task"], line["doc_id"]) for line in lines] == [(TASK, 0), (TASK, 1), (TASK, 2)]
     assert [line["dyntok_tokens_out"] for line in lines] == [s["dyntok_tokens_out"] for s in stats]
+
+
+def test_short_videos_give_all_their_frames(checkpoint, second_clip):
+    from dyntok_plugin.video import probe_video
+
+    total = probe_video(second_clip).frames
+    model = make_model(checkpoint, "dyntok_threshold=0.5", frames=total + 10)
+    entry, = counts(model.generate_until(requests_for(model, [second_clip])))
+    assert entry["dyntok_frames"] == total and entry["dyntok_tokens_in"] == total * GRID
+
+
+def test_images_pass_through_and_mix_with_videos(checkpoint):
+    from PIL import Image
+
+    from dyntok_plugin.video import load_video
+
+    image = Image.fromarray(load_video(CLIP, 1)[0])
+    model = make_model(checkpoint, "dyntok_threshold=0.9", batch_size=3)
+    requests = requests_for(model, [CLIP, CLIP, CLIP])
+    visuals = {0: [image], 1: [str(CLIP)], 2: [str(CLIP), image]}
+    for req in requests:
+        req.arguments = req.arguments[:2] + (lambda d, i=req.doc_id: visuals[i],) + req.arguments[3:]
+    image_only, video_only, both = counts(model.generate_until(requests))
+    assert image_only["dyntok_videos"] == 0 and image_only["dyntok_tokens_out"] == 0
+    assert both["dyntok_tokens_out"] == video_only["dyntok_tokens_out"] > 0
+    assert both["input_tokens"] > video_only["input_tokens"]
 
 
 def test_visuals_of_unknown_type_are_refused(checkpoint):
