@@ -64,9 +64,11 @@ def parse_args(argv: Sequence[str]) -> tuple:
     parser = argparse.ArgumentParser(
         prog="python -m dyntok_plugin.llava_next_train",
         description="Run LLaVA-NeXT's training script with DynTok on the model it trains. Options other than "
-        "--dyntok_* are passed to the script unchanged.",
+        "--dyntok_* (--help included) are passed to the script unchanged.",
         allow_abbrev=False,
+        add_help=False,
     )
+    parser.add_argument("--dyntok_help", action="help", help="show this message and exit")
     defaults = DynTokConfig()
     parser.add_argument("--dyntok_threshold", type=float, default=defaults.threshold,
                         help="threshold in eval mode (default %(default)s)")

@@ -1,6 +1,7 @@
 """Training LLaVA-NeXT (`llavaction`) with DynTok: loss, gradients, label alignment, drawn thresholds, gradient
 checkpointing, and the launcher that patches the model a training script builds."""
 
+import importlib
 import json
 import math
 import sys
@@ -176,3 +177,17 @@ def test_launcher_callback_refuses_models_it_cannot_patch():
     model = tiny.tiny_model()
     callback.on_init_end(None, None, None, model=model)
     assert is_patched(model)
+
+
+def test_launcher_runs_the_real_llava_next_training_module(capsys):
+    """Argument pass-through into LLaVA-NeXT's own `train_mem.py` (needs its training dependencies: deepspeed,
+    and for upstream the vendored `trl`; skipped where they do not import)."""
+    module = f"{tiny.PACKAGE}.train.train_mem"
+    try:
+        importlib.import_module(f"{tiny.PACKAGE}.train.train")
+    except ImportError as error:
+        pytest.skip(f"{module} does not import here: {error}")
+    with pytest.raises(SystemExit) as exit_info:
+        llava_next_train.main(["--dyntok_threshold_range", "0.5", "0.9", "--dyntok_module", module, "--help"])
+    assert exit_info.value.code == 0
+    assert "--mm_newline_position" in capsys.readouterr().out
