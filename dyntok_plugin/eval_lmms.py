@@ -36,7 +36,6 @@ import torch
 from tqdm import tqdm
 
 try:
-    from lmms_eval import utils as lmms_utils
     from lmms_eval.api.instance import GenerationResult, Instance, TokenCounts
     from lmms_eval.api.model import lmms
     from lmms_eval.models.model_utils.gen_metrics import log_metrics
@@ -77,7 +76,9 @@ def dyntok_config_from_args(args: dict) -> DynTokConfig:
     try:
         return DynTokConfig.from_dict(settings)
     except ValueError as err:
-        raise ValueError(f"Bad DynTok model argument: {err} Write them as --model_args dyntok_<setting>=<value>.") from None
+        raise ValueError(
+            f"Bad DynTok model argument: {err} Write them as --model_args dyntok_<setting>=<value>."
+        ) from None
 
 
 def _parse_range(key: str, value: str) -> list:
@@ -156,14 +157,17 @@ class LlavaOneVisionDynTok(lmms):
         settings = {k: kwargs.pop(k) for k in list(kwargs) if k.startswith(SETTING_PREFIX)}
         if kwargs:
             raise TypeError(
-                f"{MODEL_ID} got unknown model argument(s) {sorted(kwargs)}. Known: pretrained, backend, device, dtype, "
-                "device_map, attn_implementation, batch_size, max_batch_size, max_frames_num, dyntok, dyntok_stats_path, "
-                f"conv_template and dyntok_<setting> for the settings {list(DynTokConfig().to_dict())}."
+                f"{MODEL_ID} got unknown model argument(s) {sorted(kwargs)}. Known: pretrained, backend, device, "
+                "dtype, device_map, attn_implementation, batch_size, max_batch_size, max_frames_num, dyntok, "
+                "dyntok_stats_path, conv_template and dyntok_<setting> for the settings "
+                f"{list(DynTokConfig().to_dict())}."
             )
         if not isinstance(dyntok, bool):
             raise ValueError(f"dyntok must be true or false, got {dyntok!r}.")
         if settings and not dyntok:
-            raise ValueError(f"dyntok=false evaluates the unpatched model; drop the DynTok settings {sorted(settings)}.")
+            raise ValueError(
+                f"dyntok=false evaluates the unpatched model; drop the DynTok settings {sorted(settings)}."
+            )
         self.dyntok_config = dyntok_config_from_args(settings) if dyntok else None
         if isinstance(batch_size, str) and batch_size.strip().isdigit():
             batch_size = int(batch_size)
@@ -296,7 +300,9 @@ class LlavaOneVisionDynTok(lmms):
 
     def _sample_stats(self, prompts: Sequence[Prompt]) -> List[dict]:
         """The last call's per-video DynTok statistics, summed per sample (in batch order)."""
-        base = [{"dyntok_videos": len(p.videos), "dyntok_frames": sum(int(v.shape[0]) for v in p.videos)} for p in prompts]
+        base = [
+            {"dyntok_videos": len(p.videos), "dyntok_frames": sum(int(v.shape[0]) for v in p.videos)} for p in prompts
+        ]
         if self.dyntok_config is None:
             return base
         stats = list(self.dyntok_config.last_stats)
@@ -417,7 +423,8 @@ class HFBackend:
         inputs = self._encode([prompt], with_continuation=True)
         with torch.inference_mode():
             logits = self.model(**inputs).logits[0]
-        return _continuation_score(logits, inputs["input_ids"][0], int(inputs["input_ids"].shape[1] - context_ids.numel()))
+        ids = inputs["input_ids"][0]
+        return _continuation_score(logits, ids, int(ids.numel() - context_ids.numel()))
 
 
 class LlavaNextBackend:
@@ -450,7 +457,8 @@ class LlavaNextBackend:
         self.model.eval()
         self.model.config.tokenizer_padding_side = "left"
         self.device = self.model.device
-        self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.tokenizer.eos_token_id
+        pad = self.tokenizer.pad_token_id
+        self.pad_id = pad if pad is not None else self.tokenizer.eos_token_id
 
     def _encode(self, prompt: Prompt, with_continuation: bool = False) -> tuple:
         """`(input_ids, visuals, modalities, image_sizes)` for one prompt, videos first then images."""
@@ -465,7 +473,8 @@ class LlavaNextBackend:
         visuals = [self.image_processor.preprocess(v, return_tensors="pt")["pixel_values"].to(self.device, dtype)
                    for v in prompt.videos]
         for image in prompt.images:
-            visuals.append(self.process_images([image], self.image_processor, self.model.config).to(self.device, dtype)[0])
+            pixels = self.process_images([image], self.image_processor, self.model.config)
+            visuals.append(pixels.to(self.device, dtype)[0])
         sizes = [(int(v.shape[2]), int(v.shape[1])) for v in prompt.videos] + [image.size for image in prompt.images]
         return ids, visuals, ["video"] * len(prompt.videos) + ["image"] * len(prompt.images), sizes
 
