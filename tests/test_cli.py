@@ -151,6 +151,7 @@ def _bad_inputs(tmp_path) -> dict:
         "zero frames": (["inspect", clip, "--frames", 0], "'0' must be at least 1"),
         "unknown model folder": (["inspect", clip, "--model", tmp_path / "no_such_model"], "no such folder"),
         "model folder without config": (["inspect", clip, "--model", model_dir], "has no config.json"),
+        "unknown hub id": (["inspect", clip, "--model", "no-such-org/no-such-model"], "nor a loadable hub id"),
         "out is a file": (["inspect", clip, "--out", media.text_file(tmp_path / "taken")], "is not a folder"),
         "calibrate missing file": (["calibrate", clip, tmp_path / "gone.mp4", "--target-ratio", "0.5"], "not found"),
         "calibrate nan ratio": (["calibrate", clip, "--target-ratio", "nan"], "not a finite number"),
@@ -164,7 +165,8 @@ def _bad_inputs(tmp_path) -> dict:
 
 BAD_INPUTS = [
     "missing file", "text file", "audio only", "truncated header", "corrupt", "too few frames", "nan threshold",
-    "word threshold", "zero frames", "unknown model folder", "model folder without config", "out is a file",
+    "word threshold", "zero frames", "unknown model folder", "model folder without config", "unknown hub id",
+    "out is a file",
     "calibrate missing file", "calibrate nan ratio", "calibrate no ratio", "generate no model",
     "generate missing video", "no command",
 ]
