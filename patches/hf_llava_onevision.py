@@ -297,13 +297,22 @@ def _video_tokens(model, state: _State, frames: Tensor, frames_per_video: list, 
     return batch.chunks()
 
 
+@contextlib.contextmanager
 def _onloaded(owner: nn.Module):
-    """Context in which an accelerate-offloaded `image_newline` (the marker) holds real values."""
-    if getattr(owner, "_hf_hook", None) is None:
-        return contextlib.nullcontext()
-    from accelerate.utils import align_module_device
+    """Context in which an accelerate-offloaded `image_newline` (the marker) holds real values.
 
-    return align_module_device(owner)
+    Runs the pre/post-forward of the owner's offloading hooks (a single hook or a `SequentialHook`), as
+    accelerate's `align_module_device` does for a single one; a no-op without hooks.
+    """
+    hook = getattr(owner, "_hf_hook", None)
+    hooks = [h for h in getattr(hook, "hooks", (hook,)) if getattr(h, "offload", False)]
+    for h in hooks:
+        h.pre_forward(owner)
+    try:
+        yield
+    finally:
+        for h in reversed(hooks):
+            h.post_forward(owner, None)
 
 
 def _splice(input_ids, attention_mask, labels, chunks, expected, frames_per_video, host, embed, padding_side) -> dict:
