@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import json
 
 import pytest
 import torch
@@ -11,7 +12,7 @@ import torch
 import hf_tiny
 import media
 from dyntok_plugin.cli import main
-from dyntok_plugin.encoders import SIGLIP_MEAN, SIGLIP_STD, frames_to_pixels
+from dyntok_plugin.encoders import SIGLIP_MEAN, SIGLIP_STD, frames_to_pixels, pool_2x2
 from dyntok_plugin.video import load_video
 
 FRAMES = 3
@@ -84,3 +85,26 @@ def test_generate_rejects_a_checkpoint_of_another_kind(tmp_path):
                                 "--prompt", PROMPT])
     assert code == 2 and stdout == ""
     assert stderr.count("\n") == 1 and "is a 'qwen2' model; give a LLaVA-OneVision checkpoint" in stderr
+
+
+def test_inspect_with_the_checkpoint_counts_what_the_patched_model_uses(checkpoint, tmp_path):
+    thresholds = ("0.92", "0.95")
+    code, _, stderr = run(["inspect", media.CITY_CLIP, "--model", checkpoint, "--frames", FRAMES,
+                           "--threshold", *thresholds, "--out", tmp_path])
+    assert code == 0, stderr
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["grid"] == [hf_tiny.POOLED, hf_tiny.POOLED]
+    inspected = [r["tokens_out"] for r in summary["results"]]
+    generated = [generate(checkpoint, "--threshold", t)[3] for t in thresholds]
+    assert inspected == generated
+    assert inspected[0] < inspected[1]
+
+
+def test_pooling_matches_the_host_model(checkpoint):
+    from transformers import LlavaOnevisionForConditionalGeneration
+
+    model = LlavaOnevisionForConditionalGeneration.from_pretrained(checkpoint).eval()
+    owner = model.model if hasattr(getattr(model, "model", None), "apply_pooling") else model
+    grid = torch.randn(2, hf_tiny.GRID, hf_tiny.GRID, 5)
+    host = owner.apply_pooling(grid.flatten(1, 2)).view(2, hf_tiny.POOLED, hf_tiny.POOLED, 5)
+    torch.testing.assert_close(pool_2x2(grid), host, rtol=0, atol=0)
