@@ -98,6 +98,11 @@ def unpatch(model: nn.Module) -> None:
             setattr(model, name, original)
         else:
             model.__dict__.pop(name, None)
+    marker = state.host.owner.image_newline
+    if id(marker) in getattr(model, "_external_params", {}):  # registered for DeepSpeed ZeRO-3 by a call
+        import deepspeed
+
+        deepspeed.zero.unregister_external_parameter(model, marker)
 
 
 def compressor_of(model: nn.Module) -> Optional[DynTokCompressor]:
@@ -290,11 +295,27 @@ def _video_tokens(model, state: _State, frames: Tensor, frames_per_video: list, 
     similarity = None
     if compressor.config.similarity == "vision":
         similarity = owner.apply_pooling(selected).reshape(selected.shape[0], side, side, -1)
-    with _onloaded(owner):
+    with _onloaded(owner), _zero3_gathered(model, owner.image_newline):
         batch = compressor.compress_batch(
             projected.reshape(projected.shape[0], side, side, -1), frames_per_video, similarity
         )
     return batch.chunks()
+
+
+@contextlib.contextmanager
+def _zero3_gathered(model: nn.Module, marker: Tensor):
+    """DeepSpeed ZeRO-3: the marker is read outside its owner's forward, so register it as an external parameter
+    of the patched model (DeepSpeed then gathers it with the model's forward) and gather it for this call if it
+    was partitioned before the registration took effect. A no-op for parameters DeepSpeed does not manage."""
+    if not hasattr(marker, "ds_id"):
+        yield
+        return
+    import deepspeed
+
+    deepspeed.zero.register_external_parameter(model, marker)
+    partitioned = getattr(getattr(marker, "ds_status", None), "name", "") == "NOT_AVAILABLE"
+    with deepspeed.zero.GatheredParameters([marker], enabled=partitioned):
+        yield
 
 
 @contextlib.contextmanager
