@@ -307,7 +307,10 @@ def _chat_prompt(model_id: str, tokenizer, prompt: str) -> str:
 
     template = None
     for name in ("chat_template.jinja", "chat_template.json"):
-        path = cached_file(model_id, name, _raise_exceptions_for_missing_entries=False)
+        try:
+            path = cached_file(model_id, name, _raise_exceptions_for_missing_entries=False)
+        except OSError:
+            path = None
         if path:
             text = Path(path).read_text(encoding="utf-8")
             template = json.loads(text)["chat_template"] if name.endswith(".json") else text
