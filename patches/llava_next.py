@@ -332,8 +332,8 @@ def _warn_layout_once(model: nn.Module, state: _State) -> None:
         return
     state.warned_layout = True
     logger.warning(
-        "This checkpoint uses mm_newline_position=%r (marker=%r in DynTok terms), but DynTok runs with marker=%r: "
-        "the visual-token layout differs from the one the model was trained on, which shifts its input "
-        "distribution (fine-tune with DynTok, or keep the stock layout with patch_llava(model, marker=%r)).",
+        "This model was set up with mm_newline_position=%r (marker=%r in DynTok terms), but DynTok runs with "
+        "marker=%r: the visual-token layout differs from the one the checkpoint was trained with, which shifts its "
+        "input distribution (fine-tune with DynTok, or keep the stock layout with patch_llava(model, marker=%r)).",
         original, stock, marker, stock,
     )
