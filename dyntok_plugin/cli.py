@@ -78,7 +78,7 @@ def build_parser() -> argparse.ArgumentParser:
                          help=f"one or more thresholds (default {DEFAULT_THRESHOLD}); the first one is drawn; "
                               "give VIDEO before this option")
     common(inspect)
-    inspect.add_argument("--out", default="dyntok_out", metavar="DIR", help="folder for the PNGs and summary.json")
+    inspect.add_argument("--out", default="out", metavar="DIR", help="folder for the PNGs and summary.json")
     inspect.set_defaults(run=run_inspect)
 
     calibrate = commands.add_parser("calibrate", help="threshold that reaches a target ratio over some videos")
@@ -86,7 +86,7 @@ def build_parser() -> argparse.ArgumentParser:
     calibrate.add_argument("--target-ratio", type=_positive_float, required=True, metavar="RHO",
                            help="tokens out / pooled tokens in to reach over all videos, e.g. 0.444 (the paper's)")
     common(calibrate)
-    calibrate.add_argument("--out", default="dyntok_out", metavar="DIR", help="folder for calibration.png/json")
+    calibrate.add_argument("--out", default="out", metavar="DIR", help="folder for calibration.png/json")
     calibrate.set_defaults(run=run_calibrate)
 
     generate = commands.add_parser("generate", help="answer a prompt about a video with a DynTok-patched model")
