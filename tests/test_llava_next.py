@@ -1,6 +1,7 @@
 """DynTok on the real LLaVA-NeXT code (PyPI fork `llavaction`): layouts, similarity source, batches, generate,
 images, unpatch and preconditions, on tiny random models on CPU."""
 
+import copy
 import logging
 
 import pytest
@@ -236,3 +237,55 @@ def test_calls_that_would_skip_dyntok_raise():
     model.config.mm_newline_position = "one_token"
     with pytest.raises(ValueError, match="changed to 'one_token' after patch_llava"):
         logits(model, ids, [clip], ["video"])
+
+
+def test_two_videos_in_one_sample_are_compressed_in_order():
+    model = tiny.tiny_model()
+    patch_llava(model, threshold=0.7)
+    first, second = tiny.video(2, seed=9), tiny.video(3, seed=10)
+    ids = torch.tensor([[5, tiny.IMAGE_TOKEN, 6, tiny.IMAGE_TOKEN, 7]])
+    both, _, _ = tiny.embeds(model, ids, [first, second], ["video", "video"])
+    counts = [s.tokens_out for s in model.dyntok.last_stats]
+    assert [s.frames for s in model.dyntok.last_stats] == [2, 3]
+    alone = [tiny.embeds(model, torch.tensor([tiny.prompt((5,), (6,))]), [v], ["video"])[0][0, 1:-1]
+             for v in (first, second)]
+    assert torch.equal(both[0, 1:1 + counts[0]], alone[0])
+    assert torch.equal(both[0, 2 + counts[0]:2 + counts[0] + counts[1]], alone[1])
+
+
+def test_peft_wrapped_model_is_patched_and_restored():
+    peft = pytest.importorskip("peft")
+    model = tiny.tiny_model()
+    ids, images, modalities = one_video()
+    stock = logits(model, ids, images, modalities)
+    wrapped = peft.get_peft_model(model, peft.LoraConfig(r=2, target_modules=["q_proj", "v_proj"]))
+    patch_llava(wrapped, threshold=0.6)
+    assert wrapped.dyntok is model.dyntok
+    assert logits(wrapped, ids, images, modalities).shape[1] == 4 + model.dyntok.last_stats[0].tokens_out
+    unpatch_llava(wrapped)
+    assert torch.equal(logits(wrapped, ids, images, modalities), stock)  # LoRA B starts at zero
+
+
+def test_bfloat16_model_keeps_its_dtype():
+    model = tiny.tiny_model().to(torch.bfloat16)
+    patch_llava(model, threshold=0.7)
+    ids, images, modalities = one_video()
+    embeds, _, _ = tiny.embeds(model, ids, [images[0].to(torch.bfloat16)], modalities)
+    assert embeds.dtype == torch.bfloat16 and torch.isfinite(embeds.float()).all()
+    assert 3 * 4 * 2 <= model.dyntok.last_stats[0].tokens_out <= 3 * 4 * 5
+
+
+def test_a_deep_copy_is_patched_on_its_own():
+    model = tiny.tiny_model()
+    patch_llava(model, threshold=0.7)
+    clone = copy.deepcopy(model)
+    with torch.no_grad():
+        clone.get_model().image_newline.fill_(3.0)
+    ids, images, modalities = one_video()
+    clone_embeds, _, _ = tiny.embeds(clone, ids, images, modalities)
+    model_embeds, _, _ = tiny.embeds(model, ids, images, modalities)
+    markers = (clone_embeds[0] == 3.0).all(-1)
+    assert int(markers.sum()) == 3 * 4  # one per row, read from the clone's own newline
+    assert not (model_embeds[0] == 3.0).all(-1).any()
+    unpatch_llava(clone)
+    assert llava_next.STATE_ATTRIBUTE in model.__dict__
