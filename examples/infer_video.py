@@ -17,7 +17,7 @@ import json
 import logging
 import math
 import sys
-from typing import Optional, Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import torch
@@ -32,7 +32,7 @@ SIGLIP_MEAN = SIGLIP_STD = 0.5  # LLaVA-OneVision's SigLIP image processor norma
 FALLBACK_PROMPT = "<|im_start|>user <video>\n{question}<|im_end|>\n<|im_start|>assistant\n"
 
 
-def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", required=True, help="LLaVA-OneVision checkpoint: hub id or local folder")
     parser.add_argument("--video", required=True, help="video file (anything PyAV decodes)")
@@ -68,7 +68,7 @@ def build_inputs(name: str, model, frames: np.ndarray, question: str) -> dict:
         processor = AutoProcessor.from_pretrained(name)
         prompt = processor.apply_chat_template(conversation, add_generation_prompt=True)
         return dict(processor(text=prompt, videos=[frames], return_tensors="pt"))
-    except Exception as err:  # no processor files, or no torchvision for the 5.x video processor
+    except (ImportError, OSError, ValueError) as err:  # no processor files, or no torchvision (5.x video processor)
         logger.warning("processor unavailable (%s: %s); using the tokenizer and SigLIP preprocessing",
                        type(err).__name__, err)
     return _tokenizer_inputs(name, model, frames, conversation)
@@ -110,7 +110,7 @@ def answer(model, tokenizer_source: str, inputs: dict, max_new_tokens: int) -> s
     return AutoTokenizer.from_pretrained(tokenizer_source).decode(new_tokens, skip_special_tokens=True).strip()
 
 
-def main(argv: Optional[Sequence[str]] = None) -> dict:
+def main(argv: Sequence[str] | None = None) -> dict:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s")
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
@@ -126,7 +126,7 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
     inputs["pixel_values_videos"] = inputs["pixel_values_videos"].to(dtype)
     text = answer(model, args.model, inputs, args.max_new_tokens)
     placeholders = int((inputs["input_ids"] == _video_id(model)).sum())
-    result = {"answer": text, "frames": int(len(frames)), "video_placeholders": placeholders}
+    result = {"answer": text, "frames": len(frames), "video_placeholders": placeholders}
     if not args.no_dyntok:
         result["dyntok"] = {"threshold": args.threshold, "marker": args.marker, **summarize(model.dyntok.last_stats)}
     if args.json:

@@ -22,8 +22,9 @@ import contextlib
 import functools
 import inspect
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable, Optional
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -105,18 +106,10 @@ def unpatch(model: nn.Module) -> None:
         deepspeed.zero.unregister_external_parameter(model, marker)
 
 
-def compressor_of(model: nn.Module) -> Optional[DynTokCompressor]:
-    """The compressor a patched model uses (None when not patched)."""
-    state = model.__dict__.get(STATE_ATTRIBUTE)
-    return None if state is None else state.compressor
-
-
 def _find_host(model: nn.Module) -> _Host:
     needed = ("vision_tower", "multi_modal_projector", "image_newline", "apply_pooling")
-    owner = next(
-        (obj for obj in (getattr(model, "model", None), model) if obj is not None and all(hasattr(obj, n) for n in needed)),
-        None,
-    )
+    candidates = (getattr(model, "model", None), model)  # split layout (>= 4.52) first, then the flat one
+    owner = next((obj for obj in candidates if obj is not None and all(hasattr(obj, n) for n in needed)), None)
     if owner is None:
         raise TypeError(
             f"{type(model).__name__} lacks the LLaVA-OneVision parts {list(needed)} (on the model or on model.model); "
@@ -196,7 +189,7 @@ def _named_arguments(signature: inspect.Signature, args: tuple, kwargs: dict) ->
     return call
 
 
-def _padding_side(attention_mask: Optional[Tensor]) -> str:
+def _padding_side(attention_mask: Tensor | None) -> str:
     """'left' if some sample's first position is padding, else 'right' (training collators pad right)."""
     if attention_mask is not None and attention_mask.dim() == 2 and bool((attention_mask[:, 0] == 0).any()):
         return "left"
@@ -206,7 +199,9 @@ def _padding_side(attention_mask: Optional[Tensor]) -> str:
 def _restore_prompt(output: Any, user_ids: Tensor, spliced_length: int) -> Any:
     """Replace the spliced prompt at the head of the generated sequences by the caller's `input_ids`."""
     sequences = output if isinstance(output, Tensor) else output.sequences
-    restored = torch.cat([user_ids.to(sequences.device), sequences[:, spliced_length:]], dim=1)
+    copies = sequences.shape[0] // user_ids.shape[0]  # num_return_sequences / beams expand each prompt in place
+    prompts = user_ids.to(sequences.device).repeat_interleave(copies, dim=0)
+    restored = torch.cat([prompts, sequences[:, spliced_length:]], dim=1)
     if isinstance(output, Tensor):
         return restored
     output.sequences = restored
@@ -222,6 +217,8 @@ def _splice_videos(model: nn.Module, state: _State, call: dict, padding_side: st
             "DynTok needs input_ids to find the video placeholders; pass input_ids (not only inputs_embeds) "
             "together with pixel_values_videos."
         )
+    if (call.get("mm_encoder_outputs") or {}).get("video") is not None:
+        raise ValueError("Pass either pixel_values_videos or mm_encoder_outputs['video'], not both.")
     if call.get("inputs_embeds") is not None:
         raise ValueError("Pass either input_ids or inputs_embeds together with pixel_values_videos, not both.")
     if call.get("pixel_values") is not None and _transformers_version() < _MIN_MIXED_VERSION:
@@ -428,7 +425,7 @@ def _pad_rows(rows, input_ids, attention_mask, labels, host, embed, padding_side
     return result
 
 
-def _pad_id(input_ids: Tensor, attention_mask: Optional[Tensor], host: _Host) -> int:
+def _pad_id(input_ids: Tensor, attention_mask: Tensor | None, host: _Host) -> int:
     """The caller's padding id when the batch has padding, else the config's."""
     if attention_mask is not None:
         padded = attention_mask == 0

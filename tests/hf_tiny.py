@@ -18,8 +18,9 @@ Stable helpers (other engineers' tests use them):
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Iterable, Sequence, Union
+from typing import Union
 
 import torch
 
@@ -41,41 +42,41 @@ def tiny_config(**overrides):
     """A `LlavaOnevisionConfig` with an 8x8 vision grid (4x4 after pooling); keyword overrides win."""
     from transformers import LlavaOnevisionConfig
 
-    vision = dict(
-        model_type="siglip_vision_model",
-        image_size=IMAGE_SIZE,
-        patch_size=PATCH_SIZE,
-        hidden_size=32,  # 1152
-        intermediate_size=37,  # 4304
-        num_hidden_layers=2,  # 26
-        num_attention_heads=4,  # 16
-        vision_use_head=False,
-    )
-    text = dict(
-        model_type="qwen2",
-        vocab_size=VOCAB_SIZE,  # 152k
-        hidden_size=32,  # 3584
-        intermediate_size=37,  # 18944
-        num_hidden_layers=2,  # 28
-        num_attention_heads=4,  # 28
-        num_key_value_heads=2,  # 4
-        max_position_embeddings=512,
-        pad_token_id=PAD_ID,
-        eos_token_id=EOS_ID,
-    )
+    vision = {
+        "model_type": "siglip_vision_model",
+        "image_size": IMAGE_SIZE,
+        "patch_size": PATCH_SIZE,
+        "hidden_size": 32,  # 1152
+        "intermediate_size": 37,  # 4304
+        "num_hidden_layers": 2,  # 26
+        "num_attention_heads": 4,  # 16
+        "vision_use_head": False,
+    }
+    text = {
+        "model_type": "qwen2",
+        "vocab_size": VOCAB_SIZE,  # 152k
+        "hidden_size": 32,  # 3584
+        "intermediate_size": 37,  # 18944
+        "num_hidden_layers": 2,  # 28
+        "num_attention_heads": 4,  # 28
+        "num_key_value_heads": 2,  # 4
+        "max_position_embeddings": 512,
+        "pad_token_id": PAD_ID,
+        "eos_token_id": EOS_ID,
+    }
     vision.update(overrides.pop("vision_config", {}))
     text.update(overrides.pop("text_config", {}))
-    fields = dict(
-        vision_config=vision,
-        text_config=text,
-        image_token_index=IMAGE_ID,
-        video_token_index=VIDEO_ID,
-        vision_feature_select_strategy="full",  # "full" keeps all g*g tokens (SigLIP has no CLS)
-        vision_feature_layer=-1,  # -1 for the OV checkpoints
-        image_grid_pinpoints=[[IMAGE_SIZE, IMAGE_SIZE]],
-        pad_token_id=PAD_ID,
-        eos_token_id=EOS_ID,
-    )
+    fields = {
+        "vision_config": vision,
+        "text_config": text,
+        "image_token_index": IMAGE_ID,
+        "video_token_index": VIDEO_ID,
+        "vision_feature_select_strategy": "full",  # "full" keeps all g*g tokens (SigLIP has no CLS)
+        "vision_feature_layer": -1,  # -1 for the OV checkpoints
+        "image_grid_pinpoints": [[IMAGE_SIZE, IMAGE_SIZE]],
+        "pad_token_id": PAD_ID,
+        "eos_token_id": EOS_ID,
+    }
     fields.update(overrides)
     return LlavaOnevisionConfig(**fields)
 
@@ -214,7 +215,7 @@ def build_tokenizer():
     return tokenizer
 
 
-def save_tiny_checkpoint(folder: Union[str, Path], seed: int = 0) -> Path:
+def save_tiny_checkpoint(folder: str | Path, seed: int = 0) -> Path:
     """Save a tiny model and its offline tokenizer to `folder`, loadable with `from_pretrained(folder)`."""
     folder = Path(folder)
     model = build_tiny_llava_onevision(seed=seed)

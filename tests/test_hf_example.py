@@ -4,9 +4,8 @@ import importlib.util
 import json
 from pathlib import Path
 
-import pytest
-
 import hf_tiny as tiny
+import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 CLIP = ROOT / "assets" / "city_cc0.mp4"

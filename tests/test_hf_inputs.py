@@ -1,12 +1,12 @@
 """What the HF LLaVA-OneVision patch accepts: mixed batches, several videos per sample, images with videos,
 ragged frame counts; and the clear errors it gives for bad input."""
 
+import hf_tiny as tiny
 import pytest
 import torch
 import transformers
 from torch import nn
 
-import hf_tiny as tiny
 from dyntok_plugin import UnsupportedModelError, patch_llava
 
 FRAMES = 2

@@ -1,11 +1,11 @@
 """DESIGN section 4 invariants on a tiny random HF LLaVA-OneVision: identity, batch = single, cache = recompute,
 training."""
 
+import hf_tiny as tiny
 import pytest
 import torch
 import torch.nn.functional as F
 
-import hf_tiny as tiny
 from dyntok_plugin import patch_llava
 
 FRAMES = 3
@@ -36,8 +36,8 @@ def test_identity_generate_greedy_and_sampled():
     model = tiny.build_tiny_llava_onevision()
     batch = tiny.pad_batch(_samples(), side="left")
     videos = tiny.random_videos(2, FRAMES, seed=6)
-    greedy = dict(max_new_tokens=6, do_sample=False)
-    sampled = dict(max_new_tokens=6, do_sample=True, top_k=0, temperature=1.5)
+    greedy = {"max_new_tokens": 6, "do_sample": False}
+    sampled = {"max_new_tokens": 6, "do_sample": True, "top_k": 0, "temperature": 1.5}
     stock_greedy = model.generate(**batch, pixel_values_videos=videos, **greedy)
     torch.manual_seed(7)
     stock_sampled = model.generate(**batch, pixel_values_videos=videos, **sampled)

@@ -3,10 +3,10 @@ implementations, dtypes, gradient checkpointing, live and persisted settings."""
 
 import inspect
 
+import hf_tiny as tiny
 import pytest
 import torch
 
-import hf_tiny as tiny
 from dyntok_plugin import DynTokConfig, patch_llava, unpatch_llava
 
 FRAMES = 2
@@ -205,3 +205,14 @@ def test_accelerate_offload_hooks_are_preserved():
     unpatch_llava(model)
     assert model.forward is hooked
     assert torch.equal(model(**batch).logits, stock)
+
+
+def test_generate_with_several_returned_sequences_keeps_each_prompt():
+    model = tiny.build_tiny_llava_onevision()
+    patch_llava(model, threshold=0.7)
+    batch = _inputs(side="left")
+    out = model.generate(**batch, max_new_tokens=3, min_new_tokens=3, num_beams=2, num_return_sequences=2,
+                         do_sample=False, return_dict_in_generate=True)
+    prompt = batch["input_ids"]
+    assert out.sequences.shape == (4, prompt.shape[1] + 3)
+    assert torch.equal(out.sequences[:, : prompt.shape[1]], prompt.repeat_interleave(2, dim=0))
