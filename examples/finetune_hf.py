@@ -352,16 +352,27 @@ def save_for_inference(trainer: Any, processor: Any, output_dir: str | os.PathLi
 
     output_dir = Path(output_dir)
     trainer.save_model(str(output_dir))
-    model = trainer.model
+    base = unwrap_model(trainer.model)
+    lora = hasattr(trainer.model, "peft_config")
+    marker = full_tensor(host_parts(base)["marker"][0]) if lora else None  # collective under ZeRO-3: every rank
     if trainer.is_world_process_zero():
         processor.save_pretrained(str(output_dir))
-        if hasattr(model, "peft_config"):
-            base = unwrap_model(model)
+        if lora:
             settings = getattr(base.config, CONFIG_ATTRIBUTE)
-            marker = host_parts(base)["marker"][0].detach().cpu().float().tolist()
-            (output_dir / DYNTOK_FILE).write_text(json.dumps({"dyntok": settings, "image_newline": marker}, indent=1))
+            saved = {"dyntok": settings, "image_newline": marker.tolist()}
+            (output_dir / DYNTOK_FILE).write_text(json.dumps(saved, indent=1))
     trainer.accelerator.wait_for_everyone()
     return output_dir
+
+
+def full_tensor(param: torch.Tensor) -> torch.Tensor:
+    """A float32 CPU copy of a parameter, gathered first if DeepSpeed ZeRO-3 partitioned it (call on every rank)."""
+    if hasattr(param, "ds_id"):
+        import deepspeed
+
+        with deepspeed.zero.GatheredParameters([param]):
+            return param.detach().float().cpu().clone()
+    return param.detach().float().cpu().clone()
 
 
 def load_for_inference(
@@ -453,7 +464,7 @@ def train(argv: Optional[Sequence[str]] = None) -> tuple:
         train_threshold_range=train_range,
         marker=args.marker,
         similarity=args.similarity,
-        dtype=torch.bfloat16 if bf16 else torch.float32,
+        dtype=torch.float32,  # float32 master weights; bf16 runs as autocast (Trainer) or DeepSpeed's bf16 mode
     )
     trainable, total = count_parameters(model)
     logger.info("trainable parameters: %d of %d (%.2f%%)", trainable, total, 100.0 * trainable / total)

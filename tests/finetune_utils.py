@@ -111,15 +111,16 @@ def eval_batch(dataset) -> dict:
 
 
 def train_and_record(argv) -> None:
-    """Run the example's training; rank 0 then saves the trained model's eval logits on the whole training set.
+    """Run the example's training, then save the trained model's eval logits on the whole training set.
 
-    Run under `torchrun` by the two-process test, which reloads the checkpoint and compares against these logits.
+    Run under `torchrun` by the multi-process tests, which reload the checkpoint and compare against these logits.
+    Every rank computes them through the wrapped model (DDP or the DeepSpeed engine: ZeRO-3 gathers collectively);
+    rank 0 saves them.
     """
-    from dyntok_plugin.api import unwrap_model
-
     trainer, _, dataset, out = finetune_module().train(argv)
-    if trainer.is_world_process_zero():
-        torch.save(logits_on(unwrap_model(trainer.model), eval_batch(dataset)), Path(out) / "trained_logits.pt")
+    logits = logits_on(trainer.model_wrapped, eval_batch(dataset))
+    if int(os.environ.get("RANK", "0")) == 0:
+        torch.save(logits, Path(out) / "trained_logits.pt")
 
 
 if __name__ == "__main__":

@@ -1,0 +1,120 @@
+"""Fine-tuning with DynTok under DeepSpeed ZeRO-3, on the CPU (DeepSpeed's CPU accelerator, gloo, two processes).
+
+The shipped `examples/accelerate/zero3.json` is used with `stage3_param_persistence_threshold: 0`, so every
+parameter, the tiny `image_newline` marker included, is partitioned: the patch must never read a partitioned
+weight outside a gathered forward. Needs torchvision (the HF video processor) and deepspeed; skipped elsewhere.
+"""
+
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+
+pytest.importorskip("torchvision")
+pytest.importorskip("av")
+pytest.importorskip("deepspeed")
+
+import finetune_utils as fu  # noqa: E402
+
+pytestmark = pytest.mark.filterwarnings("ignore::FutureWarning")
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory):
+    root = tmp_path_factory.mktemp("zero3")
+    config = json.loads((fu.REPO / "examples" / "accelerate" / "zero3.json").read_text())
+    config["zero_optimization"]["stage3_param_persistence_threshold"] = 0
+    (root / "zero3.json").write_text(json.dumps(config))
+    return {
+        "checkpoint": fu.save_checkpoint(root / "checkpoint"),
+        "data": fu.write_dataset(root / "data"),
+        "zero3": root / "zero3.json",
+        "root": root,
+    }
+
+
+def zero3_env() -> dict:
+    return dict(fu.offline_env(), DS_ACCELERATOR="cpu")
+
+
+def test_zero3_trains_the_partitioned_marker_and_reloads_with_identical_logits(workdir):
+    from transformers import AutoProcessor, LlavaOnevisionForConditionalGeneration
+
+    fh = fu.finetune_module()
+    out = workdir["root"] / "trained"
+    command = [
+        sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(fu.free_port()),
+        str(fu.REPO / "tests" / "finetune_utils.py"),
+        "--model", str(workdir["checkpoint"]), "--data", str(workdir["data"]), "--output-dir", str(out),
+        "--deepspeed", str(workdir["zero3"]), "--max-steps", "24", "--lr", "5e-3", "--cache-frames",
+        "--train", "projector,marker,llm,vision", "--train-threshold-range", "0.5", "0.9",
+    ]
+    run = subprocess.run(command, env=zero3_env(), capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+
+    losses = json.loads((out / "train_losses.json").read_text())
+    assert sum(losses[-4:]) / 4 < 0.75 * sum(losses[:4]) / 4, losses
+
+    initial = LlavaOnevisionForConditionalGeneration.from_pretrained(workdir["checkpoint"])
+    model = fh.load_for_inference(out)
+    marker = fh.host_parts(model)["marker"][0]
+    assert marker.shape == fh.host_parts(initial)["marker"][0].shape
+    assert not torch.equal(marker, fh.host_parts(initial)["marker"][0])
+
+    processor = AutoProcessor.from_pretrained(out)
+    dataset = fh.VideoQADataset(fh.load_records(workdir["data"]), processor, cache=True)
+    trained = torch.load(out / "trained_logits.pt")
+    torch.testing.assert_close(fu.logits_on(model, fu.eval_batch(dataset)), trained, rtol=1e-5, atol=1e-5)
+
+
+INFERENCE_SCRIPT = """
+import json, sys
+import torch, deepspeed
+import finetune_utils as fu
+from transformers import AutoProcessor, LlavaOnevisionForConditionalGeneration
+from dyntok_plugin import patch_llava
+
+checkpoint, data, zero3, when = sys.argv[1:5]
+fh = fu.finetune_module()
+dataset = fh.VideoQADataset(fh.load_records(data), AutoProcessor.from_pretrained(checkpoint))
+batch = fh.VideoQACollator(0)([dataset[0]])
+model = LlavaOnevisionForConditionalGeneration.from_pretrained(checkpoint)
+if when == "before":
+    patch_llava(model, threshold=0.7)
+config = dict(json.loads(open(zero3).read()), train_micro_batch_size_per_gpu=1, gradient_accumulation_steps=1)
+config.pop("gradient_clipping")
+config["bf16"] = {"enabled": False}
+engine = deepspeed.initialize(model=model, config=config)[0]
+if when == "after":
+    patch_llava(engine, threshold=0.7)
+engine.module.eval()
+prompt = {key: batch[key][:, :-4] for key in ("input_ids", "attention_mask")}
+with torch.no_grad():
+    engine.module.generate(**prompt, pixel_values_videos=batch["pixel_values_videos"], max_new_tokens=2)
+print("OK")
+"""
+
+
+@pytest.mark.parametrize(
+    "when",
+    [
+        "before",
+        pytest.param("after", marks=pytest.mark.xfail(
+            strict=True,
+            reason="patches/hf_llava_onevision.py patch() reads the embedding width from a ZeRO-3-partitioned "
+            "weight (shape[-1] == 0); it should use ds_shape or the text config's hidden_size. Remove this marker "
+            "with that change.",
+        )),
+    ],
+    ids=["patch-then-initialize", "initialize-then-patch"],
+)
+def test_zero3_generate_outside_the_engine_forward(workdir, when):
+    env = dict(zero3_env(), RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1",
+               MASTER_PORT=str(fu.free_port()))
+    env["PYTHONPATH"] = f"{fu.REPO / 'tests'}:{env['PYTHONPATH']}"
+    command = [sys.executable, "-c", INFERENCE_SCRIPT, str(workdir["checkpoint"]), str(workdir["data"]),
+               str(workdir["zero3"]), when]
+    run = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0 and "OK" in run.stdout, run.stderr[-2000:]
