@@ -4,12 +4,14 @@ The real `LlavaQwenForCausalLM` from the PyPI fork `llavaction` (or, with `DYNTO
 from upstream LLaVA-NeXT installed from git) with a 2-layer Qwen2 of width 32. Only the vision tower is replaced
 (the real SigLIP tower hard-codes 384 px and calls `from_pretrained`): `TinyTower` is a real module with the
 attributes LLaVA-NeXT reads, an 8x8 patch grid of width 24, so videos pool to 4x4 per frame.
-Test modules call `pytest.importorskip(PACKAGE)` before building anything.
+Test modules call `require_host()` first: it skips them where the package is absent. Two test-only shims let the
+host import and run on transformers 4.56+ and 5.x (never shipped in the plugin).
 """
 
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import math
 import os
 from typing import Optional, Sequence
@@ -63,8 +65,59 @@ class TinyTower(nn.Module):
         return self.patch.weight.device
 
 
+def require_host() -> None:
+    """Skip the calling test module unless the LLaVA-NeXT package is installed; import it through shim 1."""
+    import pytest
+
+    if importlib.util.find_spec(PACKAGE) is None:
+        pytest.skip(f"{PACKAGE} (LLaVA-NeXT) is not installed", allow_module_level=True)
+    _shim_removed_transformers_names()
+    pytest.importorskip(PACKAGE)
+
+
 def _llava_qwen():
-    return importlib.import_module(f"{PACKAGE}.model.language_model.llava_qwen")
+    """The host's `llava_qwen` module, with shim 2 applied to its config class."""
+    module = importlib.import_module(f"{PACKAGE}.model.language_model.llava_qwen")
+    _shim_rope_scaling_reset(module.LlavaQwenConfig)
+    return module
+
+
+_QFORMER_NAMES = ("apply_chunking_to_forward", "find_pruneable_heads_and_indices", "prune_linear_layer")
+
+
+def _shim_removed_transformers_names() -> None:
+    """Test-only shim 1: LLaVA-NeXT's unused Q-Former imports helpers that transformers 4.56+ no longer re-exports
+    from `modeling_utils` (and 5.x dropped one); put them back, or a stub that raises if ever called."""
+    from transformers import modeling_utils, pytorch_utils
+
+    for name in _QFORMER_NAMES:
+        if not hasattr(modeling_utils, name):
+            setattr(modeling_utils, name, getattr(pytorch_utils, name, None) or _unavailable(name))
+
+
+def _unavailable(name: str):
+    def stub(*args, **kwargs):
+        raise NotImplementedError(f"transformers {name} is gone; the tests never use LLaVA-NeXT's Q-Former.")
+
+    return stub
+
+
+def _shim_rope_scaling_reset(config_class) -> None:
+    """Test-only shim 2 (transformers 5.x): `LlavaQwenForCausalLM.__init__` sets `config.rope_scaling = None`, which
+    5.x turns into `rope_parameters = None` and breaks Qwen2's rotary embedding; ignore that reset."""
+    import transformers
+
+    if int(transformers.__version__.split(".")[0]) < 5 or "rope_scaling" in config_class.__dict__:
+        return
+
+    def get(self):
+        return getattr(self, "rope_parameters", None)
+
+    def set_(self, value):
+        if value is not None:
+            self.rope_parameters = value
+
+    config_class.rope_scaling = property(get, set_)
 
 
 def tiny_config(**overrides):

@@ -10,7 +10,7 @@ from torch import nn
 
 import llava_next_tiny as tiny  # noqa: E402
 
-pytest.importorskip(tiny.PACKAGE)
+tiny.require_host()
 from dyntok_plugin import DynTokCompressor, DynTokConfig, UnsupportedModelError, patch_llava, unpatch_llava  # noqa: E402
 from dyntok_plugin.patches import llava_next  # noqa: E402
 

@@ -26,6 +26,7 @@ SNAPSHOT = "0" * 40
 
 
 def require_training_stack() -> None:
+    tiny.require_host()
     pytest.importorskip("decord")
     try:
         importlib.import_module(f"{tiny.PACKAGE}.train.train")

@@ -12,7 +12,7 @@ import torch
 
 import llava_next_tiny as tiny  # noqa: E402
 
-pytest.importorskip(tiny.PACKAGE)
+tiny.require_host()
 from dyntok_plugin import is_patched, patch_llava  # noqa: E402
 from dyntok_plugin import llava_next_train  # noqa: E402
 
