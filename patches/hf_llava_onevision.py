@@ -22,6 +22,7 @@ import contextlib
 import functools
 import inspect
 import math
+import types
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -74,7 +75,7 @@ def patch(model: nn.Module, config: DynTokConfig) -> None:
         raise RuntimeError("This model is already patched by DynTok; call unpatch_llava(model) first.")
     host = _find_host(model)
     hidden_size = model.get_input_embeddings().weight.shape[-1]
-    compressor = DynTokCompressor(hidden_size=hidden_size, config=config, marker=lambda: host.owner.image_newline)
+    compressor = DynTokCompressor(hidden_size=hidden_size, config=config, marker=functools.partial(getattr, host.owner, "image_newline"))
     state = _State(
         host=host,
         compressor=compressor,
@@ -84,8 +85,8 @@ def patch(model: nn.Module, config: DynTokConfig) -> None:
         own_generate="generate" in model.__dict__,
     )
     model.__dict__[STATE_ATTRIBUTE] = state
-    model.forward = _wrap_forward(model, state)
-    model.generate = _wrap_generate(model, state)
+    model.forward = _bind(model, state.forward, _forward)
+    model.generate = _bind(model, state.generate, _generate)
 
 
 def unpatch(model: nn.Module) -> None:
@@ -137,44 +138,42 @@ def _find_host(model: nn.Module) -> _Host:
     )
 
 
-def _wrap_forward(model: nn.Module, state: _State) -> Callable:
-    original = state.forward
+def _bind(model: nn.Module, original: Callable, body: Callable) -> types.MethodType:
+    """`body` bound to `model` as a method with the original's name, doc and signature (`generate` and `Trainer`
+    inspect it). Bound, not a closure, so `copy.deepcopy(model)` gets a copy that runs on its own weights."""
     signature = inspect.signature(original)
 
     @functools.wraps(original)
-    def forward(*args, **kwargs):
-        call = _named_arguments(signature, args, kwargs)
-        if call.get("pixel_values_videos") is None:
-            return original(*args, **kwargs)
-        padding_side = _padding_side(call.get("attention_mask"))
-        _splice_videos(model, state, call, padding_side)
-        call["input_ids"] = None  # the forward takes exactly one of input_ids / inputs_embeds
-        return original(**call)
+    def method(self, *args, **kwargs):
+        state = self.__dict__[STATE_ATTRIBUTE]
+        return body(self, state, _named_arguments(signature, args, kwargs), args, kwargs)
 
-    return forward
+    self_parameter = inspect.Parameter("self", inspect.Parameter.POSITIONAL_ONLY)
+    method.__signature__ = signature.replace(parameters=[self_parameter, *signature.parameters.values()])
+    return types.MethodType(method, model)
 
 
-def _wrap_generate(model: nn.Module, state: _State) -> Callable:
-    original = state.generate
-    signature = inspect.signature(original)
+def _forward(model: nn.Module, state: _State, call: dict, args: tuple, kwargs: dict):
+    if call.get("pixel_values_videos") is None:
+        return state.forward(*args, **kwargs)
+    _splice_videos(model, state, call, _padding_side(call.get("attention_mask")))
+    call["input_ids"] = None  # the forward takes exactly one of input_ids / inputs_embeds
+    return state.forward(**call)
 
-    @functools.wraps(original)
-    def generate(*args, **kwargs):
-        call = _named_arguments(signature, args, kwargs)
-        if call.get("pixel_values_videos") is None:
-            return original(*args, **kwargs)
-        if call.get("inputs") is not None:
-            if call.get("input_ids") is not None:
-                raise ValueError("generate() got input ids both as `inputs` and as `input_ids`; pass one of them.")
-            call["input_ids"] = call.pop("inputs")
-        call.pop("inputs", None)
-        user_ids = call.get("input_ids")
-        with torch.no_grad():
-            _splice_videos(model, state, call, "left")
-        output = original(**call)
-        return _restore_prompt(output, user_ids, call["input_ids"].shape[1])
 
-    return generate
+def _generate(model: nn.Module, state: _State, call: dict, args: tuple, kwargs: dict):
+    if call.get("pixel_values_videos") is None:
+        return state.generate(*args, **kwargs)
+    if call.get("inputs") is not None:
+        if call.get("input_ids") is not None:
+            raise ValueError("generate() got input ids both as `inputs` and as `input_ids`; pass one of them.")
+        call["input_ids"] = call.pop("inputs")
+    call.pop("inputs", None)
+    user_ids = call.get("input_ids")
+    with torch.no_grad():
+        _splice_videos(model, state, call, "left")
+    output = state.generate(**call)
+    return _restore_prompt(output, user_ids, call["input_ids"].shape[1])
 
 
 def _named_arguments(signature: inspect.Signature, args: tuple, kwargs: dict) -> dict:

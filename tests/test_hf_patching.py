@@ -216,3 +216,25 @@ def test_generate_with_several_returned_sequences_keeps_each_prompt():
     prompt = batch["input_ids"]
     assert out.sequences.shape == (4, prompt.shape[1] + 3)
     assert torch.equal(out.sequences[:, : prompt.shape[1]], prompt.repeat_interleave(2, dim=0))
+
+
+def test_deep_copy_runs_on_its_own_weights_and_settings():
+    import copy
+
+    model = tiny.build_tiny_llava_onevision()
+    patch_llava(model, threshold=0.7)
+    batch = _inputs()
+    before = model(**batch).logits
+    twin = copy.deepcopy(model)
+    assert twin.forward.__self__ is twin and twin.generate.__self__ is twin
+    torch.testing.assert_close(twin(**batch).logits, before)
+    with torch.no_grad():
+        tiny._owner(twin).image_newline.mul_(3.0)  # the marker of the copy only
+    assert not torch.allclose(twin(**batch).logits, before)
+    twin.dyntok.threshold = 2.0
+    twin(**batch)
+    assert model.dyntok.threshold == 0.7
+    assert twin.dyntok.last_stats[0].tokens_out == FRAMES * tiny.POOLED * (tiny.POOLED + 1)
+    torch.testing.assert_close(model(**batch).logits, before)
+    unpatch_llava(twin)
+    assert "forward" not in twin.__dict__ and "forward" in model.__dict__
