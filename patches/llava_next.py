@@ -224,12 +224,12 @@ def _prepare_inputs_labels_for_multimodal(self: nn.Module, *args: Any, **kwargs:
     _check_config(self)
     state.call = _plan(images, modalities, state.modalities_defaults)
     try:
-        return state.prepare(*args, **kwargs)
+        result = state.prepare(*args, **kwargs)
     finally:
         call, state.call = state.call, None
-        if call.stats:
-            state.compressor.last_stats = list(call.stats)
-            state.compressor.config.last_stats = list(call.stats)
+    state.compressor.last_stats = list(call.stats)  # all videos of the call ([] for images only)
+    state.compressor.config.last_stats = list(call.stats)
+    return result
 
 
 def _plan(images: Any, modalities: Any, defaults: tuple) -> _Call:
@@ -244,7 +244,7 @@ def _plan(images: Any, modalities: Any, defaults: tuple) -> _Call:
         return _Call(videos=[], total_frames=0)
     items = list(images)
     frames = [int(item.shape[0]) if item.dim() == 4 else 1 for item in items]
-    not_given = modalities is _MISSING or any(modalities is default for default in defaults)
+    not_given = modalities is _MISSING or modalities is None or any(modalities is d for d in defaults)
     if not_given:
         if any(count > 1 for count in frames):
             raise ValueError(

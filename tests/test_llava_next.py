@@ -175,6 +175,7 @@ def test_image_samples_are_untouched():
         assert torch.equal(ours[i][ours_mask[i].bool()], reference[i][reference_mask[i].bool()])
     single = torch.tensor([prompts[1]])
     assert torch.equal(logits(model, single, [image], ["image"]), logits(stock, single, [image], ["image"]))
+    assert model.dyntok.last_stats == []
 
 
 def test_layout_change_is_logged_once_with_the_way_back(caplog):
