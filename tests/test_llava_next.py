@@ -231,6 +231,8 @@ def test_calls_that_would_skip_dyntok_raise():
         model(input_ids=ids, images=[clip], image_sizes=SIZES)
     with pytest.raises(ValueError, match=r"modalities=\['video'\]"):
         model.generate(ids, images=[clip], image_sizes=SIZES, max_new_tokens=2)
+    with pytest.raises(ValueError, match=r"modalities=\['video'\]"):
+        model(input_ids=ids, images=[clip], modalities=None, image_sizes=SIZES)
     with pytest.raises(ValueError, match="one entry per item"):
         logits(model, ids, [clip, clip], ["video"])
     with pytest.raises(ValueError, match=r"images=\[video\]"):
