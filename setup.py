@@ -38,5 +38,8 @@ setup(
     package_dir={"dyntok_plugin": "dyntok_plugin", "dyntok_plugin.patches": "patches"},
     install_requires=["torch>=2.1", "transformers>=4.45,<6", "einops>=0.6"],
     extras_require=EXTRAS,
-    entry_points={"console_scripts": ["dyntok=dyntok_plugin.cli:main"]},
+    entry_points={
+        "console_scripts": ["dyntok=dyntok_plugin.cli:main"],
+        "lmms_eval.models": ["llava_onevision_dyntok = dyntok_plugin.eval_lmms:lmms_eval_manifest"],
+    },
 )
