@@ -160,3 +160,9 @@ def test_lora_trains_adapters_projector_and_marker_and_reloads_merged(fh, workdi
     reloaded = fh.load_for_inference(out, base_model=str(workdir["checkpoint"]))
     assert reloaded.dyntok.threshold == 0.7
     torch.testing.assert_close(fu.logits_on(reloaded, batch), trained, rtol=1e-5, atol=1e-5)
+
+
+def test_bundled_example_data_resolves_its_videos_relative_to_the_file(fh):
+    records = fh.load_records(fu.REPO / "examples" / "data" / "city_qa.jsonl")
+    assert len(records) == 4 and {r.num_frames for r in records} == {8, 16}
+    assert all(fu.Path(r.video).resolve() == fu.CLIP for r in records)
