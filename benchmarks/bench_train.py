@@ -110,7 +110,10 @@ def make_batch(model, pixels: torch.Tensor, batch: int, device: torch.device) ->
     placeholders = pixels.shape[0] * ((grid + 1) // 2) ** 2 + 1
     gen = torch.Generator().manual_seed(0)
     vocab = config.text_config.vocab_size
-    text = lambda n: torch.randint(FIRST_TEXT_ID, vocab, (n,), generator=gen)  # noqa: E731
+
+    def text(n: int) -> torch.Tensor:
+        return torch.randint(FIRST_TEXT_ID, vocab, (n,), generator=gen)
+
     prompt = torch.cat([text(PROMPT_TOKENS // 2), torch.full((placeholders,), VIDEO_ID), text(PROMPT_TOKENS // 2)])
     answer = text(ANSWER_TOKENS)
     ids = torch.cat([prompt, answer]).repeat(batch, 1)
@@ -141,9 +144,9 @@ def count_llm_tokens(model) -> tuple:
     seen: list = []
 
     def hook(_module, args, kwargs):
-        embeds = kwargs.get("inputs_embeds")
-        ids = kwargs.get("input_ids")
-        seen.append(int((embeds if embeds is not None else ids).shape[0] * (embeds if embeds is not None else ids).shape[1]))
+        given = kwargs.get("inputs_embeds")
+        given = kwargs.get("input_ids") if given is None else given
+        seen.append(int(given.shape[0] * given.shape[1]))
 
     return seen, model.model.language_model.register_forward_pre_hook(hook, with_kwargs=True)
 
@@ -226,11 +229,14 @@ def bench_one(args, device: torch.device, frames: int, name: str, settings: Opti
     )
     if device.type == "cuda":
         row["peak_mem_gb"] = torch.cuda.max_memory_allocated(device) / 1e9
-    del model, optimizer, batch
+    return row
+
+
+def release(device: torch.device) -> None:
+    """Free the last run's model and optimizer before the next one is built."""
     gc.collect()
     if device.type == "cuda":
         torch.cuda.empty_cache()
-    return row
 
 
 def main() -> None:
@@ -258,10 +264,12 @@ def main() -> None:
         args.precision = "bf16" if device.type == "cuda" and torch.cuda.is_bf16_supported() else "fp32"
 
     bench_one(args, device, args.frames[0], "warm-up", None)  # first-run costs (allocator, kernels) hit no variant
+    release(device)
     rows = []
     todo = [(frames, name, settings) for frames in args.frames for name, settings in variants(args.train_range)]
     for frames, name, settings in tqdm(todo, desc="train steps", unit="run"):
         rows.append(bench_one(args, device, frames, name, settings))
+        release(device)
     for row in rows:
         stock = next(r for r in rows if r["frames"] == row["frames"] and r["variant"] == "stock")
         if row["status"] == "ok" and stock["status"] == "ok":

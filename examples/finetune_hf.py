@@ -259,6 +259,10 @@ def setup_model(
     from transformers import LlavaOnevisionForConditionalGeneration
 
     parts = parse_parts(train_parts)
+    if lora_rank < 0:
+        raise ValueError(f"lora_rank must be >= 0 (0 = full fine-tuning), got {lora_rank}")
+    if lora_rank > 0 and not {"llm", "vision"} & set(parts):
+        raise ValueError(f"LoRA needs 'llm' or 'vision' among the trainable parts, got {parts}; or use rank 0")
     kwargs: dict[str, Any] = {"dtype": dtype}
     if attn_implementation:
         kwargs["attn_implementation"] = attn_implementation
@@ -271,8 +275,6 @@ def setup_model(
         similarity=similarity,
         **dyntok_settings,
     )
-    if lora_rank < 0:
-        raise ValueError(f"lora_rank must be >= 0 (0 = full fine-tuning), got {lora_rank}")
     if lora_rank == 0:
         _set_trainable(model, parts)
         return model
@@ -287,8 +289,6 @@ def _add_lora(model: torch.nn.Module, parts: Sequence[str], rank: int, alpha: in
         patterns.append(rf".*language_model.*\.({'|'.join(LLM_LINEAR)})")
     if "vision" in parts:
         patterns.append(rf".*vision_tower.*\.({'|'.join(VISION_LINEAR)})")
-    if not patterns:
-        raise ValueError(f"LoRA needs 'llm' or 'vision' among the trainable parts, got {tuple(parts)}; or use rank 0")
     config = LoraConfig(
         r=rank,
         lora_alpha=alpha,
