@@ -6,8 +6,9 @@
 `--model` is a hub id or a local folder. Frames are decoded with PyAV and sampled uniformly over the whole video,
 as LLaVA-OneVision does (`dyntok_plugin.video.load_video`). The prompt and pixels come from the checkpoint's
 processor when it loads (transformers 5.x needs torchvision for the video processor); otherwise from its
-tokenizer, a LLaVA-OneVision chat prompt and the SigLIP preprocessing (resize to the tower's size, scale to
-[-1, 1]). `--no-dyntok` runs the stock model for comparison; `--json` prints one JSON object instead of text.
+tokenizer, a LLaVA-OneVision chat prompt and the processor's preprocessing done here (antialiased bicubic
+resize to the tower's size, `image_mean`/`image_std` from the checkpoint's preprocessor config, else SigLIP's
+0.5/0.5). `--no-dyntok` runs the stock model for comparison; `--json` prints one JSON object instead of text.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import logging
 import math
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -28,7 +30,8 @@ from dyntok_plugin.video import load_video
 
 logger = logging.getLogger("infer_video")
 
-SIGLIP_MEAN = SIGLIP_STD = 0.5  # LLaVA-OneVision's SigLIP image processor normalisation
+SIGLIP_MEAN_STD = ([0.5] * 3, [0.5] * 3)  # LLaVA-OneVision's SigLIP normalisation, when no config says otherwise
+PREPROCESSOR_FILES = ("video_preprocessor_config.json", "preprocessor_config.json")
 FALLBACK_PROMPT = "<|im_start|>user <video>\n{question}<|im_end|>\n<|im_start|>assistant\n"
 
 
@@ -96,9 +99,23 @@ def _tokenizer_inputs(name: str, model, frames: np.ndarray, conversation: list) 
     input_ids = torch.tensor([ids[:at] + run + ids[at + 1:]])
     pixels = torch.from_numpy(frames).permute(0, 3, 1, 2).float() / 255.0
     size = (vision.image_size, vision.image_size)
-    pixels = torch.nn.functional.interpolate(pixels, size=size, mode="bicubic", align_corners=False).clamp(0, 1)
-    pixels = (pixels - SIGLIP_MEAN) / SIGLIP_STD
+    pixels = torch.nn.functional.interpolate(pixels, size=size, mode="bicubic", antialias=True).clamp(0, 1)
+    mean, std = (torch.tensor(v).view(1, 3, 1, 1) for v in _mean_std(name))
+    pixels = (pixels - mean) / std
     return {"input_ids": input_ids, "attention_mask": torch.ones_like(input_ids), "pixel_values_videos": pixels[None]}
+
+
+def _mean_std(name: str) -> tuple:
+    """`image_mean`/`image_std` from the checkpoint's (video) preprocessor config, else SigLIP's 0.5/0.5."""
+    from transformers.utils import cached_file
+
+    for filename in PREPROCESSOR_FILES:
+        path = cached_file(name, filename, _raise_exceptions_for_missing_entries=False)
+        if path:
+            values = json.loads(Path(path).read_text(encoding="utf-8"))
+            if "image_mean" in values and "image_std" in values:
+                return values["image_mean"], values["image_std"]
+    return SIGLIP_MEAN_STD
 
 
 def answer(model, tokenizer_source: str, inputs: dict, max_new_tokens: int) -> str:

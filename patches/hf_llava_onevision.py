@@ -50,6 +50,8 @@ class _Host:
     image_size: int
     num_channels: int
     tokens_per_frame: int  # pooled grid h*w
+    grid: int  # vision patches per side (27 for SigLIP-so400m at 384 px)
+    fast_pooling: bool  # `_bilinear_pool` reproduces the host's `apply_pooling` exactly (checked at patch time)
 
 
 @dataclass
@@ -135,6 +137,8 @@ def _find_host(model: nn.Module) -> _Host:
         image_size=int(vision.image_size),
         num_channels=int(getattr(vision, "num_channels", 3)),
         tokens_per_frame=pooled * pooled,
+        grid=grid,
+        fast_pooling=_pools_like_host(owner, grid),
     )
 
 
@@ -284,18 +288,45 @@ def _video_tokens(model, state: _State, frames: Tensor, frames_per_video: list, 
     selected = hidden[layer] if isinstance(layer, int) else torch.cat([hidden[i] for i in layer], dim=-1)
     if strategy == "default":
         selected = selected[:, 1:]
-    projected = owner.apply_pooling(owner.multi_modal_projector(selected))
-    side = math.isqrt(projected.shape[1])
+    projected = _pool(host, owner.multi_modal_projector(selected))
     compressor = state.compressor
     compressor.train(model.training)
-    similarity = None
-    if compressor.config.similarity == "vision":
-        similarity = owner.apply_pooling(selected).reshape(selected.shape[0], side, side, -1)
+    similarity = _pool(host, selected) if compressor.config.similarity == "vision" else None
     with _onloaded(owner), _zero3_gathered(model, owner.image_newline):
-        batch = compressor.compress_batch(
-            projected.reshape(projected.shape[0], side, side, -1), frames_per_video, similarity
-        )
+        batch = compressor.compress_batch(projected, frames_per_video, similarity)
     return batch.chunks()
+
+
+def _pool(host: _Host, features: Tensor) -> Tensor:
+    """`(N, g*g, C)` -> `(N, h, w, C)` with the host's video pooling."""
+    if host.fast_pooling:
+        return _bilinear_pool(features, host.grid)
+    pooled = host.owner.apply_pooling(features)
+    side = math.isqrt(pooled.shape[1])
+    return pooled.reshape(pooled.shape[0], side, side, -1)
+
+
+def _bilinear_pool(features: Tensor, grid: int) -> Tensor:
+    """LLaVA-OneVision's video pooling (bilinear resize of the g x g grid to ceil(g/2)), computed channels-last in
+    chunks of 512 channels: the same numbers as the host's channels-first version, which is about 100x slower on
+    GPU in bfloat16 (11.6 ms vs 0.07 ms for 32 frames of 729 x 896 features on an H100)."""
+    side = math.ceil(grid / 2)
+    frames = features.reshape(features.shape[0], grid, grid, -1).permute(0, 3, 1, 2)
+    parts = [
+        nn.functional.interpolate(part.contiguous(memory_format=torch.channels_last), size=(side, side), mode="bilinear")
+        for part in frames.split(512, dim=1)
+    ]
+    return torch.cat(parts, dim=1).permute(0, 2, 3, 1).contiguous()
+
+
+def _pools_like_host(owner: nn.Module, grid: int) -> bool:
+    """Whether `_bilinear_pool` gives exactly the host's `apply_pooling` on a random probe (else use the host's)."""
+    probe = torch.randn(2, grid * grid, 520, generator=torch.Generator().manual_seed(0))
+    try:
+        reference = owner.apply_pooling(probe)
+    except (RuntimeError, ValueError, TypeError):
+        return False
+    return torch.equal(_bilinear_pool(probe, grid).reshape(reference.shape), reference)
 
 
 @contextlib.contextmanager

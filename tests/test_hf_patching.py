@@ -200,8 +200,8 @@ def test_accelerate_offload_hooks_are_preserved():
     patch_llava(model, threshold=1.0, marker="video")
     assert model.forward.__wrapped__ is hooked
     assert torch.equal(model(**batch).logits, stock)
-    model.dyntok.update(threshold=0.7, marker="row")
-    assert model(**batch).logits.shape[1] < stock.shape[1]
+    model.dyntok.update(threshold=-1.5, marker="row")  # every row merges into one token plus its marker
+    assert model(**batch).logits.shape[1] == stock.shape[1] - tiny.video_tokens(FRAMES) + 2 * FRAMES * tiny.POOLED
     unpatch_llava(model)
     assert model.forward is hooked
     assert torch.equal(model(**batch).logits, stock)
@@ -238,3 +238,36 @@ def test_deep_copy_runs_on_its_own_weights_and_settings():
     torch.testing.assert_close(model(**batch).logits, before)
     unpatch_llava(twin)
     assert "forward" not in twin.__dict__ and "forward" in model.__dict__
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_fast_pooling_equals_the_host_pooling_at_real_size(dtype):
+    from types import SimpleNamespace
+
+    from dyntok_plugin.patches import hf_llava_onevision as hf
+    from transformers.models.llava_onevision import modeling_llava_onevision as host_module
+
+    host_class = getattr(host_module, "LlavaOnevisionModel", host_module.LlavaOnevisionForConditionalGeneration)
+    vision = SimpleNamespace(image_size=384, patch_size=14)  # SigLIP-so400m: 27 x 27 -> 14 x 14
+    owner = SimpleNamespace(config=SimpleNamespace(vision_config=vision))
+    for channels in (896, 1152):  # LLM width of the 0.5B model, SigLIP width
+        features = torch.randn(3, 27 * 27, channels).to(dtype)
+        stock = host_class.apply_pooling(owner, features)
+        assert torch.equal(hf._bilinear_pool(features, 27).reshape(stock.shape), stock)
+
+
+def test_a_host_with_another_pooling_is_followed():
+    import types
+
+    model = tiny.build_tiny_llava_onevision()
+    owner = tiny._owner(model)
+
+    def average_pooling(self, features):
+        grid = features.view(features.shape[0], tiny.GRID, tiny.GRID, -1).permute(0, 3, 1, 2)
+        return torch.nn.functional.avg_pool2d(grid, 2).flatten(2).transpose(1, 2)
+
+    owner.apply_pooling = types.MethodType(average_pooling, owner)
+    batch = _inputs()
+    stock = model(**batch).logits
+    patch_llava(model, threshold=1.0, marker="video")
+    assert torch.equal(model(**batch).logits, stock)
