@@ -48,7 +48,7 @@ def test_zero3_trains_the_partitioned_marker_and_reloads_with_identical_logits(w
         sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(fu.free_port()),
         str(fu.REPO / "tests" / "finetune_utils.py"),
         "--model", str(workdir["checkpoint"]), "--data", str(workdir["data"]), "--output-dir", str(out),
-        "--deepspeed", str(workdir["zero3"]), "--max-steps", "24", "--lr", "5e-3", "--cache-frames",
+        "--deepspeed", str(workdir["zero3"]), "--cpu", "--max-steps", "24", "--lr", "5e-3", "--cache-frames",
         "--train", "projector,marker,llm,vision", "--train-threshold-range", "0.5", "0.9",
     ]
     run = subprocess.run(command, env=zero3_env(), capture_output=True, text=True, timeout=300)
