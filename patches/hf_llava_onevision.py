@@ -4,8 +4,8 @@ The stock processor expands every `<video>` into a fixed run of `F*h*w + 1` plac
 runs, and the model insists that the run matches its features. DynTok's length depends on the frames, so this
 module wraps the instance's `forward` and `generate` (`functools.wraps`, so `generate` and `Trainer` still see
 the original signature): when `pixel_values_videos` is given, the wrappers compute the video tokens themselves
-(vision tower -> feature layer and select strategy -> projector -> the host's own `apply_pooling` -> DynTok,
-with the pooled pre-projector features as similarity features and the host's `image_newline` as marker), splice
+(vision tower -> feature layer and select strategy -> projector -> the host's video pooling -> DynTok, with the
+pooled pre-projector features as similarity features and the host's `image_newline` as marker), splice
 them into each sample's placeholder runs, rebuild `input_ids`, `attention_mask`, `labels` (visual positions
 -100) and, when given, `position_ids`/`cache_position`, and call the original with `inputs_embeds`.
 Calls without videos (decode steps included) go to the original untouched.
@@ -13,7 +13,8 @@ Calls without videos (decode steps included) go to the original untouched.
 Host components are found by duck typing (flat layout up to 4.51, `model.model` from 4.52; `video_token_id`
 or `video_token_index`); `get_video_features` is never called (its argument name and newline handling changed
 in 5.18). `generate` returns the caller's `input_ids` followed by the new tokens, as stock transformers does,
-so `output[:, input_ids.shape[1]:]` still selects the answer.
+so `output[:, input_ids.shape[1]:]` still selects the answer. The pooling is the host's `apply_pooling`, or the
+same bilinear resize computed channels-last when a probe at patch time shows identical numbers (much faster on GPU).
 """
 
 from __future__ import annotations
@@ -274,7 +275,8 @@ def _flatten_videos(videos: Any, host: _Host) -> tuple:
                 f"{want[1]}, {want[2]}) for this model's vision tower. Resize the frames to {want[1]}x{want[2]} "
                 "(the model's processor does this)."
             )
-    return torch.cat(parts) if len(parts) > 1 else parts[0], [int(p.shape[0]) for p in parts]
+    flat = videos.flatten(0, 1) if isinstance(videos, Tensor) else torch.cat(parts)
+    return flat, [int(p.shape[0]) for p in parts]
 
 
 def _video_tokens(model, state: _State, frames: Tensor, frames_per_video: list, layer, strategy) -> tuple:
