@@ -98,20 +98,23 @@ def load_records(path: str | os.PathLike, num_frames: int = 8) -> list[VideoQARe
 
 
 def split_conversation(processor: Any, question: str, answer: str) -> tuple[str, str]:
-    """The chat-template text up to the assistant's turn (with the `<video>` slot) and the text to learn after it.
+    """The generation prompt (with the `<video>` slot) and the text to learn: the answer plus the end of turn.
 
-    Both come from the checkpoint's own chat template, so the end-of-turn string (e.g. `<|im_end|>`) is learned too.
+    The prompt is what inference sends (`add_generation_prompt=True`); the end-of-turn string (e.g. `<|im_end|>`)
+    is read off the checkpoint's own template rendering the answer, so the model learns to stop. Templates may
+    render the assistant header differently in the two cases (LLaVA-OneVision's does), hence this split.
     """
     user = {"role": "user", "content": [{"type": "video"}, {"type": "text", "text": question}]}
     assistant = {"role": "assistant", "content": [{"type": "text", "text": answer}]}
     prompt = processor.apply_chat_template([user], add_generation_prompt=True, tokenize=False)
     full = processor.apply_chat_template([user, assistant], tokenize=False)
-    if not full.startswith(prompt):
+    at = full.rfind(answer)
+    if at < 0:
         raise ValueError(
-            "the chat template renders the prompt differently with and without the answer, so the answer span "
-            "cannot be found; use a template where the conversation extends the generation prompt"
+            "the chat template does not render the answer verbatim, so its end of turn cannot be found; "
+            "use a template that writes the assistant's text as given"
         )
-    return prompt, full[len(prompt) :]
+    return prompt, answer + full[at + len(answer) :]
 
 
 def encode_example(processor: Any, frames: np.ndarray, question: str, answer: str) -> dict[str, torch.Tensor]:

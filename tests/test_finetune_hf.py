@@ -64,6 +64,27 @@ def test_labels_cover_exactly_the_answer_and_end_of_turn(fh, dataset, processor)
         assert example["pixel_values_videos"].shape == (fu.FRAME_COUNTS[index], 3, 32, 32)
 
 
+# A template in LLaVA-OneVision's style: the assistant header of a rendered answer ("assistant \n") differs from
+# the generation prompt ("assistant\n"), and no newline follows the end of turn.
+SPACED_TEMPLATE = (
+    "{% for message in messages %}<|im_start|>{{ message['role'] }} "
+    "{% for item in message['content'] %}{% if item['type'] == 'video' %}<video>"
+    "{% else %}\n{{ item['text'] }}{% endif %}{% endfor %}<|im_end|>{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+
+
+def test_labels_follow_the_generation_prompt_when_the_template_renders_answers_differently(fh, dataset):
+    processor = fu.build_processor(chat_template=SPACED_TEMPLATE)
+    question, answer = fu.QA_PAIRS[0]
+    example = fh.encode_example(processor, dataset.frames(0), question, answer)
+    learned = example["labels"][example["labels"] != fh.IGNORE_INDEX]
+    assert processor.tokenizer.decode(learned).split() == answer.split() + ["<|im_end|>"]
+    prompt_ids = example["input_ids"][example["labels"] == fh.IGNORE_INDEX]
+    tail = processor.tokenizer.convert_ids_to_tokens(prompt_ids[-3:].tolist())
+    assert tail == ["<|im_start|>", "assistant", "\n"]
+
+
 def test_collator_pads_right_and_keeps_mixed_frame_counts_as_a_list(fh, dataset):
     batch = fu.eval_batch(dataset)
     lengths = [int(dataset[i]["input_ids"].shape[0]) for i in range(len(dataset))]
