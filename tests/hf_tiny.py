@@ -20,7 +20,6 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Union
 
 import torch
 
@@ -34,9 +33,6 @@ IMAGE_SIZE = 32  # 384 for SigLIP-so400m
 PATCH_SIZE = 4  # 14 for SigLIP-so400m
 GRID = IMAGE_SIZE // PATCH_SIZE  # 27 for SigLIP-so400m
 POOLED = math.ceil(GRID / 2)  # 14 for SigLIP-so400m
-
-Part = Union[Sequence[int], tuple]
-
 
 def tiny_config(**overrides):
     """A `LlavaOnevisionConfig` with an 8x8 vision grid (4x4 after pooling); keyword overrides win."""
@@ -114,7 +110,7 @@ def image_tokens() -> int:
     return GRID * GRID + GRID * (GRID + 1)
 
 
-def sample_ids(*parts: Part) -> list:
+def sample_ids(*parts) -> list:
     """One sample's token ids: each part is a list of text ids, `("video", F)` or `("image", n)` placeholders."""
     ids: list = []
     for part in parts:
