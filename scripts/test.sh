@@ -24,4 +24,5 @@ echo "== 3/3 torchvision: fine-tuning and lmms-eval"
 [ -x .venv-tv/bin/python ] || $PY -m venv .venv-tv
 .venv-tv/bin/python -m pip install $PIP_QUIET "torch==2.14.1" "torchvision==0.29.1"
 .venv-tv/bin/python -m pip install $PIP_QUIET -e ".[test,eval]" "torch==2.14.1" "torchvision==0.29.1"
+.venv-tv/bin/python -m pip install $PIP_QUIET "deepspeed==0.19.8"   # ZeRO-3 on the CPU (builds a small op with g++)
 .venv-tv/bin/python -m pytest -q tests -k "finetune or convergence or lmms_eval"
