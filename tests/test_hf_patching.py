@@ -77,6 +77,11 @@ def test_positional_arguments_and_position_ids_are_respliced():
     torch.testing.assert_close(with_positions[valid], by_name[valid])
     positional = model(batch["input_ids"], None, None, batch["pixel_values_videos"], attention_mask=mask).logits
     assert torch.equal(positional, by_name)
+    left = _inputs(side="left")
+    settings = dict(max_new_tokens=3, min_new_tokens=3, do_sample=False)
+    by_keyword = model.generate(**left, **settings)
+    ids = left.pop("input_ids")
+    assert torch.equal(model.generate(ids, **left, **settings), by_keyword)  # `inputs`, generate's first argument
 
 
 def test_live_settings_stats_and_persistence_round_trip(tmp_path):
