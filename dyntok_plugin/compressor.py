@@ -10,6 +10,7 @@ from typing import Callable, Optional, Sequence, Union
 import torch
 from torch import Tensor, nn
 
+from . import triton_merge
 from .config import DynTokConfig
 from .grouping import group_starts, left_similarity
 from .stats import DynTokStats
@@ -141,14 +142,57 @@ class DynTokCompressor(nn.Module):
         if cfg.similarity == "projected" or similarity_features is None:
             similarity_features = features
         total_frames, rows, cols, _ = features.shape
+        num_videos = len(frames_per_video)
+        thresholds = self._thresholds(num_videos)
+        capacity = self._capacity(frames_per_video, rows, cols)
+        marker = None if cfg.marker == "none" else self._marker_tensor()
+        if triton_merge.supports(features, similarity_features, marker):
+            units_per_video = [_markers_per_video(cfg.marker, f, rows) for f in frames_per_video]
+            fused = triton_merge.compress(
+                features, similarity_features, frames_per_video, thresholds, capacity, cfg.marker, marker,
+                units_per_video,
+            )
+            tokens, token_index, is_marker = fused.tokens, fused.token_index, fused.is_marker
+            lengths, effective_host = fused.lengths, fused.thresholds
+        else:
+            tokens, token_index, is_marker, lengths, effective_host = self._compress_torch(
+                features, similarity_features, frames_per_video, thresholds, capacity, marker
+            )
+
+        stats = [
+            DynTokStats(frames=f, tokens_in=f * rows * cols, tokens_out=n, ratio=n / (f * rows * cols), threshold=t)
+            for f, n, t in zip(frames_per_video, lengths, effective_host)
+        ]
+        self.last_stats = stats
+        cfg.last_stats = stats
+        return DynTokBatchOutput(
+            tokens=tokens,
+            token_map=token_index,
+            is_marker=is_marker,
+            lengths=lengths,
+            frames_per_video=list(frames_per_video),
+            stats=stats,
+        )
+
+    def _compress_torch(
+        self,
+        features: Tensor,
+        similarity_features: Tensor,
+        frames_per_video: list,
+        thresholds: Tensor,
+        capacity: Optional[Tensor],
+        marker: Optional[Tensor],
+    ) -> tuple:
+        """The PyTorch path (any device and dtype, autograd): tokens, token index, is_marker, lengths, thresholds."""
+        cfg = self.config
+        total_frames, rows, cols, _ = features.shape
         device = features.device
         num_videos = len(frames_per_video)
         frame_video = torch.repeat_interleave(
             torch.arange(num_videos, device=device), torch.tensor(frames_per_video, device=device)
         )
 
-        thresholds = self._thresholds(num_videos).to(device)
-        capacity = self._capacity(frames_per_video, rows, cols)
+        thresholds = thresholds.to(device)
         similarity = left_similarity(similarity_features)
         starts, effective = group_starts(
             similarity, frame_video, thresholds, None if capacity is None else capacity.to(device)
@@ -183,24 +227,10 @@ class DynTokCompressor(nn.Module):
         if unit_end_rows is not None:
             num_units = unit_end_rows.numel()
             marker_index = groups_through_row[unit_end_rows] + torch.arange(num_units, device=device)
-            marker = self._marker_tensor().to(device=device, dtype=features.dtype)
+            marker = marker.to(device=device, dtype=features.dtype)
             tokens = tokens.index_copy(0, marker_index, marker.expand(num_units, -1))
             is_marker[marker_index] = True
-
-        stats = [
-            DynTokStats(frames=f, tokens_in=f * rows * cols, tokens_out=n, ratio=n / (f * rows * cols), threshold=t)
-            for f, n, t in zip(frames_per_video, lengths, effective_host)
-        ]
-        self.last_stats = stats
-        cfg.last_stats = stats
-        return DynTokBatchOutput(
-            tokens=tokens,
-            token_map=token_index.view(total_frames, rows, cols),
-            is_marker=is_marker,
-            lengths=lengths,
-            frames_per_video=list(frames_per_video),
-            stats=stats,
-        )
+        return tokens, token_index.view(total_frames, rows, cols), is_marker, lengths, effective_host
 
     def floor(self, frames: int, rows: int) -> int:
         """The fewest tokens a video can have: one per row plus its markers."""

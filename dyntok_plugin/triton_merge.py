@@ -1,0 +1,306 @@
+"""Fused Triton path of `DynTokCompressor`: two passes over the data instead of a dozen.
+
+Pass 1 reads the similarity features once per row: left-neighbour cosine similarities (float32, as
+`grouping.left_similarity`), the group starts a threshold gives, the tokens each row emits and a NaN/Inf count.
+Pass 2 reads the features once: each group's mean accumulated in float32 and written in the features' dtype, the
+grid markers, `token_map` and `is_marker`, and a NaN/Inf count. Groups never cross rows, so each program owns one
+row (and one slice of the hidden size) and needs nothing from its neighbours but the row's output offset, an
+exclusive prefix sum of the per-row token counts.
+
+Everything is enqueued before the call's single host synchronisation, which reads the per-video lengths, the
+thresholds in effect and the NaN/Inf flags; the token buffer is sized for the worst case (no merge) and sliced.
+
+`supports()` decides when this path runs: Triton importable, a CUDA tensor (or Triton's interpreter), a half or
+single precision dtype, and no gradient needed through the features or the marker (the kernels have no backward;
+the PyTorch path handles training). Set `ENABLED = False` to force the PyTorch path.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import struct
+from dataclasses import dataclass
+from typing import Optional, Sequence
+
+import torch
+from torch import Tensor
+
+from .grouping import group_starts
+
+try:
+    import triton
+    import triton.language as tl
+except ImportError:  # the PyTorch path serves every call
+    triton = None
+if triton is not None and int(triton.__version__.split(".")[0]) < 3:  # tl.dot's input_precision came in 3.0
+    triton = None
+
+ENABLED = True
+"""Set to False to send every call through the PyTorch path (benchmarks, debugging)."""
+
+MARKER_CODES = {"none": 0, "row": 1, "frame": 2, "video": 3}
+_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+# Tile sizes, chosen on an H100 (benchmarks/NOTES-compressor.md).
+BLOCK_C = 128
+"""Similarity-feature channels per step of the similarity kernel."""
+SIMILARITY_WARPS = 8
+BLOCK_D = 256
+"""Hidden-size slice per program of the merge kernel."""
+MERGE_WARPS = 2
+
+
+@dataclass
+class FusedResult:
+    """What the fused path hands back to the compressor (host values already read)."""
+
+    tokens: Tensor
+    token_index: Tensor
+    is_marker: Tensor
+    lengths: list
+    thresholds: list
+
+
+def _reinterpret(values: list, source: str, target: str) -> list:
+    """The same 64-bit patterns read as another type (`"d"` float64, `"q"` int64): floats travel in int64 buffers."""
+    count = len(values)
+    return list(struct.unpack(f"<{count}{target}", struct.pack(f"<{count}{source}", *values)))
+
+
+def _interpreting() -> bool:
+    return os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+
+def supports(features: Tensor, similarity_features: Tensor, marker: Optional[Tensor]) -> bool:
+    """Whether the fused path can serve this call."""
+    if not ENABLED or triton is None:
+        return False
+    if features.is_cuda:
+        if torch.cuda.get_device_capability(features.device)[0] < 8:  # tf32 matrix products need Ampere or later
+            return False
+    elif not _interpreting():
+        return False
+    if features.dtype not in _DTYPES or similarity_features.dtype not in _DTYPES:
+        return False
+    if marker is not None and (marker.device != features.device or not marker.is_floating_point()):
+        return False
+    needs_grad = features.requires_grad or (marker is not None and marker.requires_grad)
+    return not (torch.is_grad_enabled() and needs_grad)
+
+
+def compress(
+    features: Tensor,
+    similarity_features: Tensor,
+    frames_per_video: Sequence[int],
+    thresholds: Tensor,
+    capacity: Optional[Tensor],
+    marker_layout: str,
+    marker: Optional[Tensor],
+    units_per_video: Sequence[int],
+) -> FusedResult:
+    """DynTok of several videos; the arguments are those of `DynTokCompressor.compress_batch`, resolved.
+
+    Args:
+        features: `(T, h, w, D)` frames of all videos, concatenated.
+        similarity_features: `(T, h, w, C)` features compared for grouping (may be `features`).
+        frames_per_video: frames of each video.
+        thresholds: `(V,)` float64 thresholds on the CPU (`+inf` when a budget alone decides).
+        capacity: `(V,)` int64 budget boundaries on the CPU, or None without a budget.
+        marker_layout: `"row"`, `"frame"`, `"video"` or `"none"`.
+        marker: `(D,)` grid marker (any float dtype, features' device), None for `"none"`.
+        units_per_video: markers per video.
+    """
+    frames, rows, cols, dim = features.shape
+    channels = similarity_features.shape[-1]
+    device = features.device
+    num_videos = len(frames_per_video)
+    all_rows = frames * rows
+    features = features.contiguous()
+    similarity_features = similarity_features.contiguous()
+
+    # One non-blocking host-to-device copy: the video of each frame, then the thresholds' float64 bits.
+    video_of_frame = itertools.chain.from_iterable(itertools.repeat(v, f) for v, f in enumerate(frames_per_video))
+    threshold_bits = _reinterpret(thresholds.tolist(), "d", "q")
+    packed = torch.tensor([*video_of_frame, *threshold_bits], dtype=torch.int64).to(device, non_blocking=True)
+    frame_video, thresholds_device = packed[:frames], packed[frames:].view(torch.float64)
+    # What the host reads back: each video's end offset, NaN/Inf counts of features and similarity features.
+    report = torch.zeros(num_videos + 2, dtype=torch.int64, device=device)
+
+    block_w = max(16, triton.next_power_of_2(cols + 1))  # a row's groups and its marker; tl.dot needs 16
+    code = MARKER_CODES[marker_layout]
+    similarity = torch.empty(frames, rows, cols - 1, dtype=torch.float32, device=device)
+    starts = torch.empty(frames, rows, cols, dtype=torch.uint8, device=device)
+    row_tokens = torch.empty(all_rows, dtype=torch.int64, device=device)
+    _similarity_kernel[(all_rows,)](
+        similarity_features, similarity, starts, row_tokens, report[num_videos + 1 :], thresholds_device,
+        frame_video, rows, frames, channels,
+        W=cols, BLOCK_W=block_w, BLOCK_C=min(BLOCK_C, triton.next_power_of_2(channels)), MARKER=code,
+        num_warps=SIMILARITY_WARPS,
+    )
+    if capacity is not None:
+        budget = capacity.to(device, non_blocking=True)
+        budget_starts, effective = group_starts(similarity, frame_video, thresholds_device, budget)
+        starts = budget_starts.to(torch.uint8)
+        _row_tokens_kernel[(all_rows,)](starts, row_tokens, frame_video, rows, frames,
+                                        W=cols, BLOCK_W=block_w, MARKER=code)
+    row_end = torch.cumsum(row_tokens, 0)
+
+    capacity_tokens = all_rows * cols + sum(units_per_video)
+    tokens = torch.empty(capacity_tokens, dim, dtype=features.dtype, device=device)
+    is_marker = torch.empty(capacity_tokens, dtype=torch.uint8, device=device)
+    token_index = torch.empty(frames, rows, cols, dtype=torch.int64, device=device)
+    block_d = min(BLOCK_D, triton.next_power_of_2(dim))
+    _merge_kernel[(all_rows * triton.cdiv(dim, block_d),)](
+        features, tokens, is_marker, token_index, starts, row_end, row_tokens,
+        marker if marker is not None else tokens, report, frame_video, rows, frames, dim, num_videos,
+        W=cols, BLOCK_W=block_w, BLOCK_D=block_d, MARKER=code,
+        PRECISION="tf32x3" if features.dtype == torch.float32 else "tf32",
+        num_warps=MERGE_WARPS,
+    )
+
+    if capacity is not None:
+        report = torch.cat([report, effective.view(torch.int64)])
+    host = report.tolist()  # the call's one host synchronisation
+    if host[num_videos] or host[num_videos + 1]:
+        name = "features" if host[num_videos] else "similarity_features"
+        raise ValueError(
+            f"{name} contain NaN or Inf values; DynTok needs finite features (check the inputs and the dtype: "
+            "float16 overflows easily)."
+        )
+    ends = host[:num_videos]
+    lengths = [end - start for start, end in zip([0] + ends[:-1], ends)]
+    if capacity is None:
+        effective_host = thresholds.tolist()
+    else:
+        effective_host = _reinterpret(host[num_videos + 2 :], "q", "d")
+    total = ends[-1]
+    return FusedResult(
+        tokens=tokens[:total],
+        token_index=token_index,
+        is_marker=is_marker[:total].view(torch.bool),
+        lengths=lengths,
+        thresholds=effective_host,
+    )
+
+
+if triton is not None:
+
+    @triton.jit
+    def _closes_unit(row, frame_video_ptr, rows, frames, MARKER: tl.constexpr):
+        """1 if a grid marker follows this row in the layout `MARKER`, else 0."""
+        if MARKER == 1:
+            closes = 1
+        elif MARKER == 2:
+            closes = (row % rows == rows - 1).to(tl.int32)
+        elif MARKER == 3:
+            frame = row // rows
+            video = tl.load(frame_video_ptr + frame)
+            next_video = tl.load(frame_video_ptr + frame + 1, mask=frame + 1 < frames, other=-1)
+            closes = ((row % rows == rows - 1) & (video != next_video)).to(tl.int32)
+        else:
+            closes = 0
+        return closes
+
+    @triton.jit
+    def _similarity_kernel(
+        sim_features_ptr, similarity_ptr, starts_ptr, row_tokens_ptr, bad_ptr, thresholds_ptr, frame_video_ptr,
+        rows, frames, channels,
+        W: tl.constexpr, BLOCK_W: tl.constexpr, BLOCK_C: tl.constexpr, MARKER: tl.constexpr,
+    ):
+        """One row: cosine similarity of each token with its left neighbour, group starts, tokens emitted."""
+        row = tl.program_id(0)
+        cols = tl.arange(0, BLOCK_W)
+        in_row = cols < W
+        has_left = in_row & (cols >= 1)
+        base = sim_features_ptr + row.to(tl.int64) * W * channels
+        squared = tl.zeros([BLOCK_W], dtype=tl.float32)
+        left_squared = tl.zeros([BLOCK_W], dtype=tl.float32)
+        dot = tl.zeros([BLOCK_W], dtype=tl.float32)
+        bad = tl.zeros([BLOCK_W], dtype=tl.int32)
+        for start in range(0, channels, BLOCK_C):
+            channel = start + tl.arange(0, BLOCK_C)
+            in_channels = channel < channels
+            mask = in_row[:, None] & in_channels[None, :]
+            here = tl.load(base + cols[:, None] * channels + channel[None, :], mask=mask, other=0.0).to(tl.float32)
+            left_mask = has_left[:, None] & in_channels[None, :]
+            left = tl.load(base + (cols[:, None] - 1) * channels + channel[None, :], mask=left_mask, other=0.0)
+            left = left.to(tl.float32)
+            squared += tl.sum(here * here, 1)
+            left_squared += tl.sum(left * left, 1)
+            dot += tl.sum(here * left, 1)
+            bad += tl.sum((~(tl.abs(here) < float("inf"))).to(tl.int32), 1)
+        denominator = tl.sqrt(squared.to(tl.float64) * left_squared.to(tl.float64)).to(tl.float32)
+        similarity = tl.where(denominator > 0, dot / tl.maximum(denominator, 1.1754943508222875e-38), 0.0)
+        similarity = tl.minimum(tl.maximum(similarity, -1.0), 1.0)
+        tl.store(similarity_ptr + row.to(tl.int64) * (W - 1) + cols - 1, similarity, mask=has_left)
+
+        threshold = tl.load(thresholds_ptr + tl.load(frame_video_ptr + row // rows))
+        starts = (cols == 0) | (similarity.to(tl.float64) <= threshold)
+        tl.store(starts_ptr + row.to(tl.int64) * W + cols, starts.to(tl.uint8), mask=in_row)
+        groups = tl.sum((starts & in_row).to(tl.int64), 0)
+        tl.store(row_tokens_ptr + row, groups + _closes_unit(row, frame_video_ptr, rows, frames, MARKER))
+        found = tl.sum(bad, 0).to(tl.int64)
+        tl.atomic_add(bad_ptr, found, mask=found > 0)
+
+    @triton.jit
+    def _row_tokens_kernel(
+        starts_ptr, row_tokens_ptr, frame_video_ptr, rows, frames,
+        W: tl.constexpr, BLOCK_W: tl.constexpr, MARKER: tl.constexpr,
+    ):
+        """One row: tokens emitted under given group starts (budget mode), markers included."""
+        row = tl.program_id(0)
+        cols = tl.arange(0, BLOCK_W)
+        starts = tl.load(starts_ptr + row.to(tl.int64) * W + cols, mask=cols < W, other=0)
+        groups = tl.sum(starts.to(tl.int64), 0)
+        tl.store(row_tokens_ptr + row, groups + _closes_unit(row, frame_video_ptr, rows, frames, MARKER))
+
+    @triton.jit
+    def _merge_kernel(
+        features_ptr, tokens_ptr, is_marker_ptr, token_index_ptr, starts_ptr, row_end_ptr, row_tokens_ptr,
+        marker_ptr, report_ptr, frame_video_ptr, rows, frames, dim, num_videos,
+        W: tl.constexpr, BLOCK_W: tl.constexpr, BLOCK_D: tl.constexpr, MARKER: tl.constexpr, PRECISION: tl.constexpr,
+    ):
+        """One row, one slice of the hidden size: group sums as a (group x column) 0/1 matrix times the row's
+        features (float32 accumulate), means, the marker, token_map and is_marker; one load and one store."""
+        parts = tl.cdiv(dim, BLOCK_D)  # neighbouring programs read neighbouring slices of one row
+        row = tl.program_id(0) // parts
+        part = tl.program_id(0) % parts
+        row64 = row.to(tl.int64)
+        cols = tl.arange(0, BLOCK_W)
+        in_row = cols < W
+        channel = part * BLOCK_D + tl.arange(0, BLOCK_D)
+        in_dim = channel < dim
+
+        starts = tl.load(starts_ptr + row64 * W + cols, mask=in_row, other=0).to(tl.int32)
+        starts = tl.where(cols == 0, 1, starts)
+        group = tl.cumsum(starts, 0) - 1  # group of each column within the row
+        member = (group[None, :] == cols[:, None]) & in_row[None, :]  # (group, column)
+        count = tl.sum(member.to(tl.float32), 1)
+
+        values = tl.load(features_ptr + (row64 * W + cols[:, None]) * dim + channel[None, :],
+                         mask=in_row[:, None] & in_dim[None, :], other=0.0)
+        # tf32 holds half-precision values exactly; float32 inputs take the three-pass split (about float32).
+        sums = tl.dot(member.to(tl.float32), values.to(tl.float32), input_precision=PRECISION)
+        means = sums / tl.maximum(count, 1.0)[:, None]
+
+        closes = _closes_unit(row, frame_video_ptr, rows, frames, MARKER)
+        row_tokens = tl.load(row_tokens_ptr + row)
+        row_end = tl.load(row_end_ptr + row)
+        first = row_end - row_tokens  # this row's first output slot
+        groups = row_tokens - closes
+        marker = tl.load(marker_ptr + channel, mask=in_dim, other=0.0).to(tl.float32)  # used iff closes
+        out = tl.where((cols == groups)[:, None], marker[None, :], means)
+        written = (cols < row_tokens)[:, None] & in_dim[None, :]
+        tl.store(tokens_ptr + (first + cols[:, None]) * dim + channel[None, :],
+                 out.to(tokens_ptr.dtype.element_ty), mask=written)
+
+        found = tl.sum(tl.sum((~(tl.abs(values.to(tl.float32)) < float("inf"))).to(tl.int64), 1), 0)
+        tl.atomic_add(report_ptr + num_videos, found, mask=found > 0)
+        if part == 0:
+            tl.store(token_index_ptr + row64 * W + cols, first + group, mask=in_row)
+            tl.store(is_marker_ptr + first + cols, (cols >= groups).to(tl.uint8), mask=cols < row_tokens)
+            frame = row // rows
+            video = tl.load(frame_video_ptr + frame)
+            next_video = tl.load(frame_video_ptr + frame + 1, mask=frame + 1 < frames, other=-1)
+            if (row % rows == rows - 1) & (video != next_video):
+                tl.store(report_ptr + video, row_end)
