@@ -188,23 +188,22 @@ class DynTokCompressor(nn.Module):
         total_frames, rows, cols, _ = features.shape
         device = features.device
         num_videos = len(frames_per_video)
-        frame_video = torch.repeat_interleave(
-            torch.arange(num_videos, device=device), torch.tensor(frames_per_video, device=device)
-        )
-
-        thresholds = thresholds.to(device)
+        # Host-to-device copies are non-blocking: a blocking one waits for the device (a host synchronisation).
+        frame_counts = torch.tensor(frames_per_video)
+        frame_video = torch.repeat_interleave(torch.arange(num_videos), frame_counts).to(device, non_blocking=True)
+        thresholds = thresholds.to(device, non_blocking=True)
         similarity = left_similarity(similarity_features)
         starts, effective = group_starts(
-            similarity, frame_video, thresholds, None if capacity is None else capacity.to(device)
+            similarity, frame_video, thresholds, None if capacity is None else capacity.to(device, non_blocking=True)
         )
 
         unit_of_position, units_per_video, unit_end_rows = _marker_units(cfg.marker, frames_per_video, rows, cols, device)
         groups_per_row = starts.sum(-1).flatten()
         groups_through_row = torch.cumsum(groups_per_row, 0)
-        frame_last_row = torch.cumsum(torch.tensor(frames_per_video, device=device), 0) * rows - 1
+        frame_last_row = (torch.cumsum(frame_counts, 0) * rows - 1).to(device, non_blocking=True)
         groups_through_video = groups_through_row[frame_last_row]
         groups_per_video = torch.diff(groups_through_video, prepend=groups_through_video.new_zeros(1))
-        lengths_device = groups_per_video + torch.tensor(units_per_video, device=device)
+        lengths_device = groups_per_video + torch.tensor(units_per_video).to(device, non_blocking=True)
 
         finite = _all_finite(features)
         if similarity_features is not features:
@@ -229,7 +228,7 @@ class DynTokCompressor(nn.Module):
             marker_index = groups_through_row[unit_end_rows] + torch.arange(num_units, device=device)
             marker = marker.to(device=device, dtype=features.dtype)
             tokens = tokens.index_copy(0, marker_index, marker.expand(num_units, -1))
-            is_marker[marker_index] = True
+            is_marker.index_fill_(0, marker_index, True)  # a Python scalar assigned by index is a blocking copy
         return tokens, token_index.view(total_frames, rows, cols), is_marker, lengths, effective_host
 
     def floor(self, frames: int, rows: int) -> int:
@@ -357,9 +356,11 @@ def _marker_units(marker: str, frames_per_video: Sequence[int], rows: int, cols:
         return positions // cols, units_per_video, torch.arange(total_frames * rows, device=device)
     if marker == "frame":
         return positions // (rows * cols), units_per_video, (torch.arange(total_frames, device=device) + 1) * rows - 1
-    frame_counts = torch.tensor(frames_per_video, device=device)
-    frame_video = torch.repeat_interleave(torch.arange(len(frames_per_video), device=device), frame_counts)
-    return frame_video[positions // (rows * cols)], units_per_video, torch.cumsum(frame_counts, 0) * rows - 1
+    frame_counts = torch.tensor(frames_per_video)
+    frame_video = torch.repeat_interleave(torch.arange(len(frames_per_video)), frame_counts)
+    frame_video = frame_video.to(device, non_blocking=True)
+    video_end_rows = (torch.cumsum(frame_counts, 0) * rows - 1).to(device, non_blocking=True)
+    return frame_video[positions // (rows * cols)], units_per_video, video_end_rows
 
 
 def _accumulation_dtype(dtype: torch.dtype) -> torch.dtype:

@@ -56,7 +56,10 @@ def group_starts(
         order = torch.sort(key, stable=True).indices
         rank = torch.empty_like(order)
         rank[order] = torch.arange(order.numel(), device=order.device)
-        pairs_per_video = torch.bincount(frame_video, minlength=thresholds.numel()) * (rows * pairs_per_row)
+        # index_add_, not bincount: bincount reads its input's maximum back to the host on CUDA.
+        pairs_per_video = torch.zeros_like(capacity).index_add_(
+            0, frame_video, torch.full_like(frame_video, rows * pairs_per_row)
+        )
         first_pair = torch.cumsum(pairs_per_video, 0) - pairs_per_video
         rank_in_video = rank - first_pair[pair_video]
         within_budget = (rank_in_video < capacity[pair_video]).view_as(boundary)

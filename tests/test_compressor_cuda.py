@@ -139,23 +139,15 @@ def test_cuda_gradients_match_cpu(dtype):
         torch.testing.assert_close(got, want, atol=1e-6, rtol=RELATIVE[dtype])
 
 
-BLOCKING_COPIES = pytest.mark.xfail(
-    strict=True, reason="the PyTorch path copies frames_per_video, units and thresholds to the device with blocking "
-    "copies (a host synchronisation each); fix proposed in benchmarks/NOTES-compressor.md")
-BINCOUNT = pytest.mark.xfail(
-    strict=True, reason="grouping.group_starts calls torch.bincount, which synchronises on CUDA; fix proposed in "
-    "benchmarks/NOTES-compressor.md")
-
-
 @pytest.mark.parametrize(
     "settings, mode",
     [
         (SETTINGS[0], "inference"),
-        pytest.param(SETTINGS[3], "inference", marks=BINCOUNT),
-        pytest.param(SETTINGS[4], "inference", marks=BINCOUNT),
-        pytest.param(SETTINGS[0], "training", marks=BLOCKING_COPIES),
-        pytest.param(SETTINGS[3], "training", marks=BLOCKING_COPIES),
-        pytest.param(SETTINGS[0], "pytorch", marks=BLOCKING_COPIES),
+        (SETTINGS[3], "inference"),
+        (SETTINGS[4], "inference"),
+        (SETTINGS[0], "training"),
+        (SETTINGS[3], "training"),
+        (SETTINGS[0], "pytorch"),
     ],
 )
 def test_one_host_synchronisation_per_call(settings, mode):
