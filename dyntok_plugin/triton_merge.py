@@ -154,7 +154,7 @@ def compress(
         features, tokens, is_marker, token_index, starts, row_end, row_tokens,
         marker if marker is not None else tokens, report, frame_video, rows, frames, dim, num_videos,
         W=cols, BLOCK_W=block_w, BLOCK_D=block_d, MARKER=code,
-        PRECISION="tf32x3" if features.dtype == torch.float32 else "tf32",
+        PRECISION="ieee" if features.dtype == torch.float32 else "tf32",
         num_warps=MERGE_WARPS,
     )
 
@@ -279,7 +279,8 @@ if triton is not None:
 
         values = tl.load(features_ptr + (row64 * W + cols[:, None]) * dim + channel[None, :],
                          mask=in_row[:, None] & in_dim[None, :], other=0.0)
-        # tf32 holds half-precision values exactly; float32 inputs take the three-pass split (about float32).
+        # tf32 holds half-precision values exactly; float32 inputs need IEEE products (tf32x3 is only about float32,
+        # and a group of one token must come out bit-exact: merging off equals the stock model).
         sums = tl.dot(member.to(tl.float32), values.to(tl.float32), input_precision=PRECISION)
         means = sums / tl.maximum(count, 1.0)[:, None]
 

@@ -77,7 +77,8 @@ def patch(model: nn.Module, config: DynTokConfig) -> None:
     if STATE_ATTRIBUTE in model.__dict__:
         raise RuntimeError("This model is already patched by DynTok; call unpatch_llava(model) first.")
     host = _find_host(model)
-    hidden_size = model.get_input_embeddings().weight.shape[-1]
+    weight = model.get_input_embeddings().weight
+    hidden_size = int(getattr(weight, "ds_shape", weight.shape)[-1])  # ZeRO-3 partitions leave weight.shape empty
     compressor = DynTokCompressor(hidden_size=hidden_size, config=config, marker=functools.partial(getattr, host.owner, "image_newline"))
     state = _State(
         host=host,

@@ -101,12 +101,7 @@ print("OK")
     "when",
     [
         "before",
-        pytest.param("after", marks=pytest.mark.xfail(
-            strict=True,
-            reason="patches/hf_llava_onevision.py patch() reads the embedding width from a ZeRO-3-partitioned "
-            "weight (shape[-1] == 0); it should use ds_shape or the text config's hidden_size. Remove this marker "
-            "with that change.",
-        )),
+        "after",
     ],
     ids=["patch-then-initialize", "initialize-then-patch"],
 )
