@@ -16,7 +16,9 @@ from pathlib import Path
 
 import numpy as np
 
-from .video import VideoError, VideoInfo, load_video, probe_video
+from .console import decode, one_line, progress, table
+from .generate import run_generate
+from .video import VideoError, VideoInfo, probe_video
 
 DEFAULT_FRAMES = 32
 DEFAULT_THRESHOLD = 0.7
@@ -99,35 +101,8 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _progress(total: int, desc: str):
-    """A tqdm bar on stderr (silent when stderr is not a terminal), or a no-op without tqdm."""
-    try:
-        from tqdm import tqdm
-    except ImportError:
-        return _NoBar()
-    return tqdm(total=total, desc=desc, unit="frame", disable=None, leave=False)
-
-
-class _NoBar:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc) -> None:
-        return None
-
-    def update(self, n: int = 1) -> None:
-        return None
-
-
-def _decode(path: str, frames: int) -> tuple[VideoInfo, np.ndarray]:
-    info = probe_video(path)
-    with _progress(frames, f"decoding {Path(path).name}") as bar:
-        video = load_video(path, frames, progress=bar.update)
-    return info, video
-
-
 def _encode(encoder, video: np.ndarray, name: str):
-    with _progress(len(video), f"encoding {name}") as bar:
+    with progress(len(video), f"encoding {name}") as bar:
         return encoder.encode(video, progress=bar.update)
 
 
@@ -151,7 +126,7 @@ def run_inspect(args: argparse.Namespace) -> int:
     probe_video(args.video)
     out = _out_dir(args.out)
     encoder = load_encoder(args.model)
-    info, video = _decode(args.video, args.frames)
+    info, video = decode(args.video, args.frames)
     encoded = _encode(encoder, video, Path(args.video).name)
     features, similarity = encoded.features, encoded.similarity_features
     frames, rows, cols = features.shape[:3]
@@ -164,12 +139,12 @@ def run_inspect(args: argparse.Namespace) -> int:
     print(f"grid      {frames} frames x {rows}x{cols} pooled tokens = {frames * rows * cols} tokens in; "
           f"marker {args.marker!r}")
     print()
-    print(_table(["frame", "source"] + [f"τ={t:g}" for t in args.threshold],
-                 [[i, int(source[i])] + per_frame[i].tolist() for i in range(frames)]))
+    print(table(["frame", "source"] + [f"τ={t:g}" for t in args.threshold],
+                [[i, int(source[i])] + per_frame[i].tolist() for i in range(frames)]))
     print()
     totals = [[f"{o.stats.threshold:.4f}", o.stats.tokens_in, o.stats.tokens_out, f"{o.stats.ratio:.4f}"]
               for o in outputs]
-    print(_table(["threshold", "tokens in", "tokens out", "ratio"], totals))
+    print(table(["threshold", "tokens in", "tokens out", "ratio"], totals))
 
     thresholds = sorted(set(SWEEP.tolist()) | set(args.threshold))
     counts, tokens_in = ratio_curve([(features, similarity)], thresholds, args.marker)
@@ -213,7 +188,7 @@ def run_calibrate(args: argparse.Namespace) -> int:
     encoder = load_encoder(args.model)
     videos = []
     for path in args.videos:
-        _, video = _decode(path, args.frames)
+        _, video = decode(path, args.frames)
         encoded = _encode(encoder, video, Path(path).name)
         videos.append((encoded.features, encoded.similarity_features))
     result = find_threshold(videos, args.target_ratio, args.marker)
@@ -226,7 +201,7 @@ def run_calibrate(args: argparse.Namespace) -> int:
             for k, t in enumerate(TABLE_SWEEP.tolist())]
     print(f"encoder   {encoder.name}; {args.frames} frames per video; marker {args.marker!r}")
     print()
-    print(_table(["threshold"] + names + ["all"], rows))
+    print(table(["threshold"] + names + ["all"], rows))
     print()
     print(f"target ratio {args.target_ratio:g}: threshold {result.threshold:.4f} gives ratio {result.ratio:.4f} "
           f"({result.tokens_out}/{result.tokens_in} tokens over {len(videos)} video(s))")
@@ -259,99 +234,6 @@ def run_calibrate(args: argparse.Namespace) -> int:
     return 0
 
 
-def run_generate(args: argparse.Namespace) -> int:
-    import torch
-
-    from . import patch_llava
-    from .encoders import frames_to_pixels, load_llava_onevision
-
-    probe_video(args.video)
-    model, mean, std = load_llava_onevision(args.model)
-    tokenizer = _load_tokenizer(args.model)
-    input_ids = _prompt_ids(model, tokenizer, _chat_prompt(args.model, tokenizer, args.prompt), args.frames)
-    _, video = _decode(args.video, args.frames)
-    pixels = frames_to_pixels(video, int(model.config.vision_config.image_size), mean, std)
-    patch_llava(model, threshold=args.threshold, marker=args.marker)
-    with torch.no_grad():
-        output = model.generate(
-            input_ids=input_ids[None],
-            attention_mask=torch.ones_like(input_ids)[None],
-            pixel_values_videos=pixels[None].to(model.dtype),
-            max_new_tokens=args.max_new_tokens,
-            do_sample=False,
-        )
-    print(tokenizer.decode(output[0, input_ids.numel():], skip_special_tokens=True).strip())
-    print()
-    print(_table(["frames", "tokens in", "tokens out", "ratio", "threshold"],
-                 [[s.frames, s.tokens_in, s.tokens_out, f"{s.ratio:.4f}", f"{s.threshold:.4f}"]
-                  for s in model.dyntok.last_stats]))
-    return 0
-
-
-def _load_tokenizer(model_id: str):
-    from transformers import AutoTokenizer
-
-    from .encoders import EncoderError
-
-    try:
-        return AutoTokenizer.from_pretrained(model_id)
-    except (OSError, ValueError) as err:
-        raise EncoderError(f"--model {model_id!r}: cannot load its tokenizer ({_one_line(err)})") from None
-
-
-def _chat_prompt(model_id: str, tokenizer, prompt: str) -> str:
-    """The prompt in the checkpoint's chat format (the processor's template if saved, else the tokenizer's)."""
-    from transformers.utils import cached_file
-
-    from .encoders import EncoderError
-
-    template = None
-    for name in ("chat_template.jinja", "chat_template.json"):
-        try:
-            path = cached_file(model_id, name, _raise_exceptions_for_missing_entries=False)
-        except OSError:
-            path = None
-        if path:
-            text = Path(path).read_text(encoding="utf-8")
-            template = json.loads(text)["chat_template"] if name.endswith(".json") else text
-            break
-    template = template or tokenizer.chat_template
-    if not template:
-        raise EncoderError(f"--model {model_id!r} has no chat template (processor or tokenizer); "
-                           "save one with the checkpoint")
-    messages = [{"role": "user", "content": [{"type": "video"}, {"type": "text", "text": prompt}]}]
-    return tokenizer.apply_chat_template(messages, chat_template=template, tokenize=False, add_generation_prompt=True)
-
-
-def _prompt_ids(model, tokenizer, text: str, frames: int):
-    """Token ids with the single ``<video>`` expanded to the stock run of ``F*h*w + 1`` placeholders."""
-    import torch
-
-    config = model.config
-    video_id = getattr(config, "video_token_id", None)
-    video_id = config.video_token_index if video_id is None else video_id
-    ids = torch.tensor(tokenizer(text, add_special_tokens=False)["input_ids"], dtype=torch.long)
-    found = int((ids == video_id).sum())
-    if found != 1:
-        raise ValueError(f"the chat template produced {found} video placeholders (id {video_id}), expected 1; "
-                         "check the checkpoint's tokenizer and chat template")
-    side = math.ceil(config.vision_config.image_size // config.vision_config.patch_size / 2)
-    repeats = torch.where(ids == video_id, frames * side * side + 1, 1)
-    return torch.repeat_interleave(ids, repeats)
-
-
-def _table(header: Sequence[str], rows: Sequence[Sequence]) -> str:
-    """Right-aligned plain-text table."""
-    cells = [list(map(str, header))] + [[str(c) for c in row] for row in rows]
-    widths = [max(len(row[i]) for row in cells) for i in range(len(header))]
-    return "\n".join("  ".join(c.rjust(w) for c, w in zip(row, widths)) for row in cells)
-
-
-def _one_line(err: BaseException) -> str:
-    text = " ".join(str(err).split())
-    return text or type(err).__name__
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``dyntok``; returns the exit code."""
     from .encoders import EncoderError
@@ -365,8 +247,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return args.run(args)
     except ImportError as err:
-        print(f"{prog}: error: {_one_line(err)}", file=sys.stderr)
+        print(f"{prog}: error: {one_line(err)}", file=sys.stderr)
         return 1
     except (FileNotFoundError, VideoError, EncoderError, ValueError) as err:
-        print(f"{prog}: error: {_one_line(err)}", file=sys.stderr)
+        print(f"{prog}: error: {one_line(err)}", file=sys.stderr)
         return 2

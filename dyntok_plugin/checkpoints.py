@@ -1,0 +1,63 @@
+"""Reading Hugging Face checkpoints: side files saved next to the weights, and version-dependent load options.
+
+Shared by the ``dyntok`` command, the frame encoders, the lmms-eval backends and the examples, so that each
+reads a checkpoint's chat template and image normalisation the same way.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+SIGLIP_MEAN = (0.5, 0.5, 0.5)
+SIGLIP_STD = (0.5, 0.5, 0.5)
+PREPROCESSOR_FILES = ("video_preprocessor_config.json", "preprocessor_config.json")
+CHAT_TEMPLATE_FILES = ("chat_template.jinja", "chat_template.json")
+
+
+def transformers_version() -> tuple[int, ...]:
+    """The installed transformers' ``(major, minor)``."""
+    import transformers
+
+    return tuple(int(part) for part in transformers.__version__.split(".")[:2] if part.isdigit())
+
+
+def dtype_argument(dtype: Any) -> dict:
+    """The ``from_pretrained`` keyword for the weights' dtype (``torch_dtype`` before transformers 4.56)."""
+    return {"dtype" if transformers_version() >= (4, 56) else "torch_dtype": dtype}
+
+
+def checkpoint_file(id_or_path: str, names: Sequence[str]) -> Path | None:
+    """The first of ``names`` saved with the checkpoint (folder or cached hub id), or None when none is."""
+    from transformers.utils import cached_file
+
+    for name in names:
+        try:
+            path = cached_file(id_or_path, name, _raise_exceptions_for_missing_entries=False)
+        except OSError:
+            path = None
+        if path:
+            return Path(path)
+    return None
+
+
+def image_normalisation(id_or_path: str) -> tuple[tuple, tuple]:
+    """Mean/std from the checkpoint's (video) preprocessor config when it has them, else SigLIP's 0.5/0.5."""
+    for name in PREPROCESSOR_FILES:
+        path = checkpoint_file(id_or_path, [name])
+        if path is not None:
+            values = json.loads(path.read_text(encoding="utf-8"))
+            if "image_mean" in values and "image_std" in values:
+                return tuple(values["image_mean"]), tuple(values["image_std"])
+    return SIGLIP_MEAN, SIGLIP_STD
+
+
+def saved_chat_template(id_or_path: str) -> str | None:
+    """The processor's chat template saved with the checkpoint (``.jinja`` or ``.json``), or None."""
+    path = checkpoint_file(id_or_path, CHAT_TEMPLATE_FILES)
+    if path is None:
+        return None
+    text = path.read_text(encoding="utf-8")
+    return json.loads(text)["chat_template"] if path.suffix == ".json" else text

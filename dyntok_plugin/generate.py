@@ -1,0 +1,65 @@
+"""``dyntok generate``: answer a prompt about a video with a DynTok-patched Hugging Face LLaVA-OneVision.
+
+The prompt is built from the checkpoint's tokenizer and chat template, with the video placeholder expanded the
+way the stock processor does, so no processor (and no torchvision) is needed.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+import torch
+
+from .api import patch_llava
+from .checkpoints import saved_chat_template
+from .console import decode, one_line, table
+from .encoders import EncoderError, load_llava_onevision
+from .processing import frames_to_pixels, user_turn, video_prompt_ids
+from .video import probe_video
+
+
+def run_generate(args: argparse.Namespace) -> int:
+    """Print the greedy answer to ``args.prompt`` about ``args.video``, then DynTok's per-video token counts."""
+    probe_video(args.video)
+    model, mean, std = load_llava_onevision(args.model)
+    tokenizer = load_tokenizer(args.model)
+    text = chat_prompt(args.model, tokenizer, args.prompt)
+    input_ids = video_prompt_ids(model.config, tokenizer, text, args.frames)
+    _, video = decode(args.video, args.frames)
+    pixels = frames_to_pixels(video, int(model.config.vision_config.image_size), mean, std)
+    patch_llava(model, threshold=args.threshold, marker=args.marker)
+    with torch.no_grad():
+        output = model.generate(
+            input_ids=input_ids[None],
+            attention_mask=torch.ones_like(input_ids)[None],
+            pixel_values_videos=pixels[None].to(model.dtype),
+            max_new_tokens=args.max_new_tokens,
+            do_sample=False,
+        )
+    print(tokenizer.decode(output[0, input_ids.numel():], skip_special_tokens=True).strip())
+    print()
+    print(table(["frames", "tokens in", "tokens out", "ratio", "threshold"],
+                [[s.frames, s.tokens_in, s.tokens_out, f"{s.ratio:.4f}", f"{s.threshold:.4f}"]
+                 for s in model.dyntok.last_stats]))
+    return 0
+
+
+def load_tokenizer(model_id: str):
+    """The checkpoint's tokenizer; a one-line ``EncoderError`` when it has none that loads."""
+    from transformers import AutoTokenizer
+
+    try:
+        return AutoTokenizer.from_pretrained(model_id)
+    except (OSError, ValueError) as err:
+        raise EncoderError(f"--model {model_id!r}: cannot load its tokenizer ({one_line(err)})") from None
+
+
+def chat_prompt(model_id: str, tokenizer, prompt: str) -> str:
+    """The prompt about one video in the checkpoint's chat format (the processor's template if saved, else the
+    tokenizer's)."""
+    template = saved_chat_template(model_id) or tokenizer.chat_template
+    if not template:
+        raise EncoderError(f"--model {model_id!r} has no chat template (processor or tokenizer); "
+                           "save one with the checkpoint")
+    return tokenizer.apply_chat_template(user_turn(prompt), chat_template=template, tokenize=False,
+                                         add_generation_prompt=True)
