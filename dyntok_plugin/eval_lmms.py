@@ -19,15 +19,16 @@ whose `TokenCounts` also carries `dyntok_videos`, `dyntok_frames`, `dyntok_token
 language model's real prompt length after compression) feeds the `efficiency` block of the results. Run-level
 means reach the results' `throughput` block as `avg_dyntok_ratio` and friends. `dyntok_stats_path=FILE`
 also appends one JSON line per sample to FILE.
+
+This module adapts lmms-eval's requests and results; loading and running checkpoints lives in `eval_backends`,
+the statistics' arithmetic in `eval_stats`.
 """
 
 from __future__ import annotations
 
-import copy
 import json
 import time
 from collections import OrderedDict
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, List, Optional, Sequence, Tuple
 
@@ -47,6 +48,8 @@ except ImportError as err:  # pragma: no cover - exercised only without the extr
 
 from .api import patch_llava
 from .config import DynTokConfig
+from .eval_backends import Prompt, load_backend
+from .eval_stats import RunTotals, sample_stats
 from .video import load_video, probe_video
 
 MODEL_ID = "llava_onevision_dyntok"
@@ -98,25 +101,6 @@ class DynTokTokenCounts(TokenCounts):
 
     def to_dict(self) -> dict:
         return {**super().to_dict(), **self.dyntok}
-
-
-@dataclass
-class Prompt:
-    """One request, ready for a backend: the task's text and its decoded visuals."""
-
-    context: str
-    videos: List[np.ndarray] = field(default_factory=list)  # uint8 (F, H, W, 3) each
-    images: list = field(default_factory=list)  # PIL images
-    continuation: Optional[str] = None  # loglikelihood only
-
-
-@dataclass
-class Generation:
-    """What a backend returns for one prompt: the answer, its token count and the prompt's length."""
-
-    text: str
-    output_tokens: int
-    input_tokens: Optional[int]
 
 
 class LlavaOneVisionDynTok(lmms):
@@ -179,14 +163,10 @@ class LlavaOneVisionDynTok(lmms):
         self.pretrained = str(pretrained)
         self._videos: OrderedDict = OrderedDict()
         self._setup_devices(device)
-        kind = _detect_backend(self.pretrained) if backend == "auto" else backend
-        options = dict(dtype=dtype, device=self._device, device_map=device_map, attn_implementation=attn_implementation)
-        if kind == "hf":
-            self.backend = HFBackend(self.pretrained, **options)
-        elif kind == "llava":
-            self.backend = LlavaNextBackend(self.pretrained, conv_template=conv_template, **options)
-        else:
-            raise ValueError(f"backend must be 'auto', 'hf' or 'llava', got {backend!r}.")
+        self.backend = load_backend(
+            self.pretrained, backend, conv_template=conv_template, dtype=dtype, device=self._device,
+            device_map=device_map, attn_implementation=attn_implementation,
+        )
         if self.dyntok_config is not None:
             patch_llava(self.backend.model, config=self.dyntok_config)
 
@@ -221,7 +201,7 @@ class LlavaOneVisionDynTok(lmms):
     def generate_until(self, requests: List[Instance]) -> List[GenerationResult]:
         """Answer each request (context, gen_kwargs, doc_to_visual, doc_id, task, split), batched by settings."""
         results: list = [None] * len(requests)
-        totals = {"videos": 0, "tokens_in": 0, "tokens_out": 0, "seconds": 0.0, "generated": 0}
+        totals = RunTotals()
         progress = tqdm(total=len(requests), disable=self.rank != 0, desc=f"{MODEL_ID} generating")
         for indices in _batches([req.args[1] for req in requests], self.batch_size):
             batch = [requests[i] for i in indices]
@@ -232,17 +212,13 @@ class LlavaOneVisionDynTok(lmms):
             start = time.perf_counter()
             generations = self.backend.generate(prompts, gen_kwargs)
             elapsed = time.perf_counter() - start
-            per_sample = self._sample_stats(prompts)
+            per_sample = sample_stats(prompts, self._last_stats())
             for i, req, gen, stats in zip(indices, batch, generations, per_sample):
                 counts = DynTokTokenCounts(gen.input_tokens, gen.output_tokens, stats)
                 results[i] = GenerationResult(text=_cut(gen.text, until), token_counts=counts)
                 self._write_side_file(req, counts)
-                if "dyntok_tokens_in" in stats:
-                    totals["videos"] += stats["dyntok_videos"]
-                    totals["tokens_in"] += stats["dyntok_tokens_in"]
-                    totals["tokens_out"] += stats["dyntok_tokens_out"]
-                totals["generated"] += gen.output_tokens
-            totals["seconds"] += elapsed
+                totals.add_sample(stats, gen.output_tokens)
+            totals.seconds += elapsed
             progress.update(len(batch))
         progress.close()
         self._log_totals(totals)
@@ -298,33 +274,9 @@ class LlavaOneVisionDynTok(lmms):
         if self.dyntok_config is not None:
             self.dyntok_config.last_stats = []
 
-    def _sample_stats(self, prompts: Sequence[Prompt]) -> List[dict]:
-        """The last call's per-video DynTok statistics, summed per sample (in batch order)."""
-        base = [
-            {"dyntok_videos": len(p.videos), "dyntok_frames": sum(int(v.shape[0]) for v in p.videos)} for p in prompts
-        ]
-        if self.dyntok_config is None:
-            return base
-        stats = list(self.dyntok_config.last_stats)
-        expected = sum(len(p.videos) for p in prompts)
-        if len(stats) != expected:
-            raise RuntimeError(
-                f"DynTok reported {len(stats)} video statistics for a batch of {expected} videos; the model did "
-                "not run its videos through DynTok. Check that the checkpoint is a LLaVA-OneVision video model."
-            )
-        start = 0
-        for prompt, entry in zip(prompts, base):
-            own = stats[start:start + len(prompt.videos)]
-            start += len(prompt.videos)
-            tokens_in = sum(s.tokens_in for s in own)
-            tokens_out = sum(s.tokens_out for s in own)
-            entry.update(
-                dyntok_tokens_in=tokens_in,
-                dyntok_tokens_out=tokens_out,
-                dyntok_ratio=tokens_out / tokens_in if tokens_in else None,
-                dyntok_threshold=[s.threshold if np.isfinite(s.threshold) else None for s in own],
-            )
-        return base
+    def _last_stats(self) -> Optional[list]:
+        """The per-video statistics of the last batch, or None when DynTok is off (the baseline)."""
+        return None if self.dyntok_config is None else list(self.dyntok_config.last_stats)
 
     def _write_side_file(self, req: Instance, counts: DynTokTokenCounts) -> None:
         if self.stats_path is None:
@@ -334,250 +286,10 @@ class LlavaOneVisionDynTok(lmms):
         with self.stats_path.open("a", encoding="utf-8") as handle:
             handle.write(json.dumps(record) + "\n")
 
-    def _log_totals(self, totals: dict) -> None:
+    def _log_totals(self, totals: RunTotals) -> None:
         """Run-level means into lmms-eval's throughput summary (`results["throughput"]["avg_dyntok_*"]`)."""
-        videos = totals["videos"]
-        extra = {}
-        if videos:
-            extra.update(
-                dyntok_ratio=totals["tokens_out"] / totals["tokens_in"],
-                dyntok_tokens_in_per_video=totals["tokens_in"] / videos,
-                dyntok_tokens_out_per_video=totals["tokens_out"] / videos,
-            )
-        seconds = totals["seconds"]
-        log_metrics(seconds, totals["generated"], totals["generated"] / seconds if seconds else 0.0, extra or None)
-
-
-class HFBackend:
-    """A Hugging Face `LlavaOnevisionForConditionalGeneration` with its processor (chat template included)."""
-
-    def __init__(self, pretrained: str, dtype: str, device: torch.device, device_map: Optional[str],
-                 attn_implementation: Optional[str]) -> None:
-        import transformers
-        from transformers import AutoProcessor, LlavaOnevisionForConditionalGeneration
-
-        dtype_key = "dtype" if _version(transformers.__version__) >= (4, 56) else "torch_dtype"
-        load = {dtype_key: _torch_dtype(dtype)}
-        if device_map:
-            load["device_map"] = device_map
-        if attn_implementation:
-            load["attn_implementation"] = attn_implementation
-        self.model = LlavaOnevisionForConditionalGeneration.from_pretrained(pretrained, **load).eval()
-        if not device_map:
-            self.model.to(device)
-        self.device = device if not device_map else self.model.device
-        self.processor = AutoProcessor.from_pretrained(pretrained)
-        self.tokenizer = self.processor.tokenizer
-        self.tokenizer.padding_side = "left"
-        if getattr(self.processor, "chat_template", None) is None:
-            raise ValueError(
-                f"The processor of {pretrained!r} has no chat template; save one with the checkpoint "
-                "(processor.chat_template = ...; processor.save_pretrained(folder))."
-            )
-        config = self.model.config
-        self.video_token_id = getattr(config, "video_token_id", None)
-        if self.video_token_id is None:
-            self.video_token_id = config.video_token_index
-
-    def _encode(self, prompts: Sequence[Prompt], with_continuation: bool = False) -> dict:
-        texts = []
-        for prompt in prompts:
-            content = [{"type": "video"} for _ in prompt.videos] + [{"type": "image"} for _ in prompt.images]
-            messages = [{"role": "user", "content": content + [{"type": "text", "text": prompt.context}]}]
-            text = self.processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
-            texts.append(text + prompt.continuation if with_continuation else text)
-        videos = [v for p in prompts for v in p.videos]
-        images = [i for p in prompts for i in p.images]
-        inputs = self.processor(
-            text=texts, videos=videos or None, images=images or None, padding=True, return_tensors="pt"
-        )
-        dtype = self.model.dtype
-        return {k: v.to(self.device, dtype) if v.is_floating_point() else v.to(self.device) for k, v in inputs.items()}
-
-    def generate(self, prompts: Sequence[Prompt], gen_kwargs: dict) -> List[Generation]:
-        inputs = self._encode(prompts)
-        pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.tokenizer.eos_token_id
-        with torch.inference_mode():
-            output = self.model.generate(
-                **inputs, **_generation_options(gen_kwargs), pad_token_id=pad, eos_token_id=self.tokenizer.eos_token_id
-            )
-        new = output[:, inputs["input_ids"].shape[1]:]
-        stats = _last_stats(self.model)
-        generations, start = [], 0
-        for row, prompt in enumerate(prompts):
-            ids = inputs["input_ids"][row][inputs["attention_mask"][row].bool()]
-            length = int(ids.numel())
-            if stats is not None:
-                own = stats[start:start + len(prompt.videos)]
-                start += len(prompt.videos)
-                length += sum(s.tokens_out for s in own) - int((ids == self.video_token_id).sum())
-            generations.append(Generation(
-                text=self.tokenizer.decode(new[row], skip_special_tokens=True),
-                output_tokens=_answer_length(new[row], self.tokenizer.eos_token_id, pad),
-                input_tokens=length,
-            ))
-        return generations
-
-    def loglikelihood(self, prompt: Prompt) -> Tuple[float, bool]:
-        context_ids = self._encode([prompt])["input_ids"][0]
-        inputs = self._encode([prompt], with_continuation=True)
-        with torch.inference_mode():
-            logits = self.model(**inputs).logits[0]
-        ids = inputs["input_ids"][0]
-        return _continuation_score(logits, ids, int(ids.numel() - context_ids.numel()))
-
-
-class LlavaNextBackend:
-    """An original LLaVA-NeXT checkpoint loaded with `llava.model.builder` (LLaVA-NeXT installed from git)."""
-
-    def __init__(self, pretrained: str, conv_template: str, dtype: str, device: torch.device,
-                 device_map: Optional[str], attn_implementation: Optional[str]) -> None:
-        try:
-            from llava.constants import DEFAULT_IMAGE_TOKEN, IMAGE_TOKEN_INDEX
-            from llava.conversation import conv_templates
-            from llava.mm_utils import get_model_name_from_path, process_images, tokenizer_image_token
-            from llava.model.builder import load_pretrained_model
-        except ImportError as err:
-            raise ImportError(
-                f"{pretrained!r} is a LLaVA-NeXT checkpoint and loading it needs the LLaVA-NeXT package `llava` "
-                f"({err}). Install it from its git repository (see the README, 'Supported hosts'), or evaluate the "
-                "Hugging Face conversion instead, e.g. pretrained=llava-hf/llava-onevision-qwen2-7b-ov-hf."
-            ) from err
-        if conv_template not in conv_templates:
-            raise ValueError(f"conv_template {conv_template!r} is not one of LLaVA-NeXT's {sorted(conv_templates)}.")
-        self.image_token, self.image_token_index = DEFAULT_IMAGE_TOKEN, IMAGE_TOKEN_INDEX
-        self.conversation = conv_templates[conv_template]
-        self.tokenize, self.process_images = tokenizer_image_token, process_images
-        torch_dtype = "bfloat16" if dtype == "bfloat16" else "float16"
-        self.tokenizer, self.model, self.image_processor, _ = load_pretrained_model(
-            pretrained, None, get_model_name_from_path(pretrained), device_map=device_map or str(device),
-            torch_dtype=torch_dtype, attn_implementation=attn_implementation or "sdpa", multimodal=True,
-            overwrite_config={"mm_spatial_pool_mode": "bilinear", "mm_spatial_pool_stride": 2},
-        )
-        self.model.eval()
-        self.model.config.tokenizer_padding_side = "left"
-        self.device = self.model.device
-        pad = self.tokenizer.pad_token_id
-        self.pad_id = pad if pad is not None else self.tokenizer.eos_token_id
-
-    def _encode(self, prompt: Prompt, with_continuation: bool = False) -> tuple:
-        """`(input_ids, visuals, modalities, image_sizes)` for one prompt, videos first then images."""
-        count = len(prompt.videos) + len(prompt.images)
-        question = "\n".join([self.image_token] * count + [prompt.context]) if count else prompt.context
-        conv = copy.deepcopy(self.conversation)
-        conv.append_message(conv.roles[0], question)
-        conv.append_message(conv.roles[1], None)
-        text = conv.get_prompt() + (prompt.continuation if with_continuation else "")
-        ids = self.tokenize(text, self.tokenizer, self.image_token_index, return_tensors="pt")
-        dtype = self.model.dtype
-        visuals = [self.image_processor.preprocess(v, return_tensors="pt")["pixel_values"].to(self.device, dtype)
-                   for v in prompt.videos]
-        for image in prompt.images:
-            pixels = self.process_images([image], self.image_processor, self.model.config)
-            visuals.append(pixels.to(self.device, dtype)[0])
-        sizes = [(int(v.shape[2]), int(v.shape[1])) for v in prompt.videos] + [image.size for image in prompt.images]
-        return ids, visuals, ["video"] * len(prompt.videos) + ["image"] * len(prompt.images), sizes
-
-    def generate(self, prompts: Sequence[Prompt], gen_kwargs: dict) -> List[Generation]:
-        encoded = [self._encode(p) for p in prompts]
-        width = max(int(e[0].numel()) for e in encoded)
-        ids = torch.full((len(prompts), width), self.pad_id, dtype=torch.long)
-        mask = torch.zeros((len(prompts), width), dtype=torch.long)
-        for row, (row_ids, *_) in enumerate(encoded):
-            ids[row, width - row_ids.numel():] = row_ids
-            mask[row, width - row_ids.numel():] = 1
-        visuals = [v for e in encoded for v in e[1]]
-        with torch.inference_mode():
-            output = self.model.generate(
-                inputs=ids.to(self.device), attention_mask=mask.to(self.device), images=visuals or None,
-                modalities=[m for e in encoded for m in e[2]] or None, image_sizes=[s for e in encoded for s in e[3]],
-                **_generation_options(gen_kwargs), pad_token_id=self.pad_id, eos_token_id=self.tokenizer.eos_token_id,
-            )
-        stats = _last_stats(self.model)
-        generations, start = [], 0
-        for row, (prompt, (row_ids, *_)) in enumerate(zip(prompts, encoded)):
-            length = None
-            if stats is not None and not prompt.images:
-                own = stats[start:start + len(prompt.videos)]
-                length = int(row_ids.numel()) - len(prompt.videos) + sum(s.tokens_out for s in own)
-            start += len(prompt.videos)
-            generations.append(Generation(
-                text=self.tokenizer.decode(output[row], skip_special_tokens=True),
-                output_tokens=_answer_length(output[row], self.tokenizer.eos_token_id, self.pad_id),
-                input_tokens=length,
-            ))
-        return generations
-
-    def loglikelihood(self, prompt: Prompt) -> Tuple[float, bool]:
-        context_ids = self._encode(prompt)[0]
-        ids, visuals, modalities, sizes = self._encode(prompt, with_continuation=True)
-        with torch.inference_mode():
-            logits = self.model(
-                input_ids=ids.to(self.device), images=visuals or None, modalities=modalities or None, image_sizes=sizes
-            ).logits[0]
-        return _continuation_score(logits, ids[0], int(ids.shape[1] - context_ids.shape[1]))
-
-
-def _detect_backend(pretrained: str) -> str:
-    """`"hf"` for transformers LLaVA-OneVision checkpoints, `"llava"` for original LLaVA-NeXT ones."""
-    from transformers import PretrainedConfig
-
-    values, _ = PretrainedConfig.get_config_dict(pretrained)
-    architectures = values.get("architectures") or []
-    if values.get("model_type") == "llava_onevision" or "LlavaOnevisionForConditionalGeneration" in architectures:
-        return "hf"
-    if any(name.startswith("Llava") and name.endswith("ForCausalLM") for name in architectures):
-        return "llava"
-    raise ValueError(
-        f"{pretrained!r} is neither a Hugging Face LLaVA-OneVision checkpoint (model_type llava_onevision) nor a "
-        f"LLaVA-NeXT one (architectures Llava*ForCausalLM); its config says model_type="
-        f"{values.get('model_type')!r}, architectures={architectures}. Pass backend=hf or backend=llava to force one."
-    )
-
-
-def _last_stats(model: torch.nn.Module) -> Optional[list]:
-    """The per-video statistics of the model's last DynTok call, or None when DynTok is off."""
-    config = getattr(model, "dyntok", None)
-    return list(config.last_stats) if isinstance(config, DynTokConfig) else None
-
-
-def _continuation_score(logits: torch.Tensor, ids: torch.Tensor, length: int) -> Tuple[float, bool]:
-    """Sum of log-probabilities of the last `length` ids, and whether each is the greedy choice.
-
-    The continuation ends the sequence, so it sits at the tail of the logits whatever DynTok did to the video.
-    """
-    if length < 1:
-        raise ValueError("The continuation added no tokens to the context; lmms-eval gave an empty continuation.")
-    target = ids[-length:].to(logits.device)
-    logprobs = torch.log_softmax(logits[-length - 1:-1].float(), dim=-1)
-    chosen = logprobs.gather(-1, target[:, None]).sum()
-    return float(chosen), bool((logprobs.argmax(-1) == target).all())
-
-
-def _generation_options(gen_kwargs: dict) -> dict:
-    """lmms-eval generation kwargs as `generate` arguments: greedy at temperature 0, sampling above."""
-    temperature = float(gen_kwargs.get("temperature", 0) or 0)
-    options = {
-        "max_new_tokens": int(gen_kwargs.get("max_new_tokens", 1024)),
-        "num_beams": int(gen_kwargs.get("num_beams", 1) or 1),
-        "do_sample": temperature > 0,
-        "use_cache": True,
-    }
-    if temperature > 0:
-        options["temperature"] = temperature
-        if gen_kwargs.get("top_p") is not None:
-            options["top_p"] = float(gen_kwargs["top_p"])
-    return options
-
-
-def _answer_length(ids: torch.Tensor, eos_id: Optional[int], pad_id: Optional[int]) -> int:
-    """Generated tokens up to and including the first end-of-sequence token (padding after it excluded)."""
-    ids = ids.tolist()
-    if eos_id is not None and eos_id in ids:
-        return ids.index(eos_id) + 1
-    while ids and pad_id is not None and ids[-1] == pad_id:
-        ids.pop()
-    return len(ids)
+        seconds = totals.seconds
+        log_metrics(seconds, totals.generated, totals.generated / seconds if seconds else 0.0, totals.dyntok_means())
 
 
 def _batches(gen_kwargs: Sequence[Any], size: int) -> List[List[int]]:
@@ -618,16 +330,3 @@ def _positive_int(name: str, value: Any) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise ValueError(f"{name} must be a positive integer, got {value!r}.")
     return value
-
-
-def _torch_dtype(name: str):
-    if name in (None, "auto"):
-        return "auto"
-    dtype = getattr(torch, str(name), None)
-    if not isinstance(dtype, torch.dtype):
-        raise ValueError(f"dtype must be 'auto' or a torch dtype name such as bfloat16 or float16, got {name!r}.")
-    return dtype
-
-
-def _version(text: str) -> tuple:
-    return tuple(int(part) for part in text.split(".")[:2] if part.isdigit())
