@@ -285,9 +285,7 @@ def _video_tokens(model, state: _State, frames: Tensor, frames_per_video: list, 
     owner = host.owner
     layer = config.vision_feature_layer if layer is None else layer
     strategy = config.vision_feature_select_strategy if strategy is None else strategy
-    outputs = owner.vision_tower(frames, output_hidden_states=True)  # the tower casts; accelerate hooks move
-    hidden = outputs.hidden_states
-    selected = hidden[layer] if isinstance(layer, int) else torch.cat([hidden[i] for i in layer], dim=-1)
+    selected = _vision_features(owner.vision_tower, frames, layer)
     if strategy == "default":
         selected = selected[:, 1:]
     projected = _pool(host, owner.multi_modal_projector(selected))
@@ -297,6 +295,39 @@ def _video_tokens(model, state: _State, frames: Tensor, frames_per_video: list, 
     with _onloaded(owner), _zero3_gathered(model, owner.image_newline):
         batch = compressor.compress_batch(projected, frames_per_video, similarity)
     return batch.chunks()
+
+
+def _vision_features(tower: nn.Module, frames: Tensor, layer) -> Tensor:
+    """The tower's hidden states at `vision_feature_layer` (an int, or a list concatenated along channels).
+
+    Forward hooks on the chosen encoder layers keep only those outputs; `output_hidden_states=True` would hold every
+    layer's output for all frames at once (several GB at 64 frames of SigLIP-so400m). Towers without the usual
+    `embeddings` + `encoder.layers` layout fall back to `output_hidden_states=True`. The tower casts the pixels
+    itself and accelerate hooks move them.
+    """
+    indices = [layer] if isinstance(layer, int) else list(layer)
+    body = getattr(tower, "vision_model", tower)
+    blocks = getattr(getattr(body, "encoder", None), "layers", None)
+    embeddings = getattr(body, "embeddings", None)
+    if not isinstance(blocks, nn.ModuleList) or not isinstance(embeddings, nn.Module):
+        hidden = tower(frames, output_hidden_states=True).hidden_states
+        return torch.cat([hidden[i] for i in indices], dim=-1)
+    # hidden_states[0] is the embeddings' output, hidden_states[j] the output of encoder layer j - 1.
+    sources = [embeddings] + list(blocks)
+    captured: dict = {}
+
+    def keep(position: int):
+        def hook(module, args, output):
+            captured[position] = output[0] if isinstance(output, tuple) else output
+        return hook
+
+    handles = [sources[i].register_forward_hook(keep(i % len(sources))) for i in indices]
+    try:
+        tower(frames)
+    finally:
+        for handle in handles:
+            handle.remove()
+    return torch.cat([captured[i % len(sources)] for i in indices], dim=-1)
 
 
 def _pool(host: _Host, features: Tensor) -> Tensor:
