@@ -30,14 +30,13 @@ import contextlib
 import datetime as dt
 import gc
 import statistics
-import time
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Optional
 
 import torch
 from tqdm import tqdm
 
-from common import RESULTS_DIR, device_kind, device_name, print_table, write_results
+from common import RESULTS_DIR, device_kind, device_name, print_table, timed_runs, write_results
 from dyntok_plugin import patch_llava
 
 CLIP = Path(__file__).resolve().parents[1] / "assets" / "city_cc0.mp4"
@@ -151,26 +150,6 @@ def count_llm_tokens(model) -> tuple:
     return seen, model.model.language_model.register_forward_pre_hook(hook, with_kwargs=True)
 
 
-def timed_steps(step: Callable[[], None], device: torch.device, warmup: int, steps: int) -> list:
-    """Seconds of each of `steps` calls of `step` after `warmup` calls (CUDA events on a GPU)."""
-    for _ in range(warmup):
-        step()
-    times = []
-    for _ in range(steps):
-        if device.type == "cuda":
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record()
-            step()
-            end.record()
-            torch.cuda.synchronize()
-            times.append(start.elapsed_time(end) / 1e3)
-        else:
-            begin = time.perf_counter()
-            step()
-            times.append(time.perf_counter() - begin)
-    return times
-
-
 def variants(train_range: Optional[list]) -> list:
     """(name, patch_llava settings or None for the stock model)."""
     rows = [
@@ -210,7 +189,7 @@ def bench_one(args, device: torch.device, frames: int, name: str, settings: Opti
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     try:
-        times = timed_steps(step, device, args.warmup, args.steps)
+        times = timed_runs(step, device, args.warmup, args.steps)
     except torch.OutOfMemoryError:
         row.update(status="oom")
         return row

@@ -14,25 +14,30 @@ import torch
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 
 
-def median_seconds(fn: Callable[[], object], device: torch.device, warmup: int = 3, repeats: int = 10) -> float:
-    """Median wall time of `fn`, with CUDA events on a GPU (after warm-up runs) and perf_counter on the CPU."""
+def timed_runs(fn: Callable[[], object], device: torch.device, warmup: int = 3, repeats: int = 10) -> list:
+    """Seconds of each of `repeats` calls of `fn` after `warmup` calls: CUDA events on a GPU, perf_counter on the
+    CPU."""
     for _ in range(warmup):
         fn()
     times = []
-    if device.type == "cuda":
-        for _ in range(repeats):
+    for _ in range(repeats):
+        if device.type == "cuda":
             start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
             start.record()
             fn()
             end.record()
             torch.cuda.synchronize()
             times.append(start.elapsed_time(end) / 1e3)
-    else:
-        for _ in range(repeats):
+        else:
             begin = time.perf_counter()
             fn()
             times.append(time.perf_counter() - begin)
-    return statistics.median(times)
+    return times
+
+
+def median_seconds(fn: Callable[[], object], device: torch.device, warmup: int = 3, repeats: int = 10) -> float:
+    """Median of `timed_runs`."""
+    return statistics.median(timed_runs(fn, device, warmup, repeats))
 
 
 def device_name(device: torch.device) -> str:
