@@ -18,6 +18,7 @@ from .stats import DynTokStats
 logger = logging.getLogger(__name__)
 
 MarkerSource = Union[Tensor, Callable[[], Tensor], None]
+_RANK_SEED_STRIDE = 1_000_003  # separates the per-rank streams of training-threshold draws
 
 
 @dataclass
@@ -107,7 +108,7 @@ class DynTokCompressor(nn.Module):
         else:
             raise TypeError(f"marker must be None, a tensor or a callable returning one, got {type(marker).__name__}.")
         self._generator: Optional[torch.Generator] = None
-        self._generator_seed: Optional[int] = None
+        self._generator_key: Optional[tuple] = None
         self._warned_floor = False
         self.last_stats: list = []
 
@@ -244,12 +245,17 @@ class DynTokCompressor(nn.Module):
         return torch.full((num_videos,), value, dtype=torch.float64)
 
     def _rng(self) -> Optional[torch.Generator]:
-        seed = self.config.seed
-        if seed is None:
+        """The generator of the training-threshold draws: `seed` if set, else torch's global RNG. Under
+        torch.distributed each rank gets its own stream (the seed, or torch's initial seed, offset by the rank), since
+        trainers seed every rank alike and would otherwise draw the same thresholds on every GPU."""
+        seed, rank = self.config.seed, _distributed_rank()
+        if seed is None and rank is None:
             return None
-        if self._generator is None or self._generator_seed != seed:
-            self._generator = torch.Generator().manual_seed(seed)
-            self._generator_seed = seed
+        base = torch.initial_seed() if seed is None else seed
+        key = (base, rank)
+        if self._generator is None or self._generator_key != key:
+            self._generator = torch.Generator().manual_seed((base + _RANK_SEED_STRIDE * (rank or 0)) % 2**63)
+            self._generator_key = key
         return self._generator
 
     def _capacity(self, frames_per_video: Sequence[int], rows: int, cols: int) -> Optional[Tensor]:
@@ -328,6 +334,14 @@ class DynTokCompressor(nn.Module):
                     f"similarity_features are on {similarity_features.device} but features on {features.device}."
                 )
         return frames_per_video
+
+
+def _distributed_rank() -> Optional[int]:
+    """This process's rank in a torch.distributed group of several processes, else None."""
+    dist = torch.distributed
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        return dist.get_rank()
+    return None
 
 
 def _check_rank(tensor: Tensor, name: str) -> None:
