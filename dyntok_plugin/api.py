@@ -13,6 +13,8 @@ from .errors import UnsupportedModelError
 
 HOST_MODULES = ("dyntok_plugin.patches.hf_llava_onevision", "dyntok_plugin.patches.llava_next")
 CONFIG_ATTRIBUTE = "dyntok"
+_SAVED_SETTING = "_dyntok_saved_setting"  # the host config's DynTok setting before patch_llava, restored on unpatch
+_ABSENT = object()
 
 
 def patch_llava(model: nn.Module, threshold: Any = ..., *, config: Optional[DynTokConfig] = None, **settings: Any):
@@ -47,22 +49,30 @@ def patch_llava(model: nn.Module, threshold: Any = ..., *, config: Optional[DynT
         setattr(obj, CONFIG_ATTRIBUTE, cfg)
     host_config = getattr(target, "config", None)
     if host_config is not None:
-        setattr(host_config, CONFIG_ATTRIBUTE, cfg.to_dict())
+        target.__dict__[_SAVED_SETTING] = getattr(host_config, CONFIG_ATTRIBUTE, _ABSENT)
+        cfg.mirror_to(host_config, CONFIG_ATTRIBUTE)
     return model
 
 
 def unpatch_llava(model: nn.Module):
-    """Restore this model's exact original behaviour and forget its DynTok settings; returns the model."""
+    """Restore this model's exact original behaviour, including the DynTok settings its config held before
+    `patch_llava` (e.g. from a checkpoint); returns the model."""
     target = unwrap_model(model)
     if not is_patched(target):
         return model
     find_host(target).unpatch(target)
+    cfg = target.__dict__[CONFIG_ATTRIBUTE]
     for obj in (model, target):
-        if CONFIG_ATTRIBUTE in getattr(obj, "__dict__", {}):
-            delattr(obj, CONFIG_ATTRIBUTE)
+        obj.__dict__.pop(CONFIG_ATTRIBUTE, None)
     host_config = getattr(target, "config", None)
-    if host_config is not None and hasattr(host_config, CONFIG_ATTRIBUTE):
-        delattr(host_config, CONFIG_ATTRIBUTE)
+    saved = target.__dict__.pop(_SAVED_SETTING, _ABSENT)
+    if host_config is not None:
+        cfg.stop_mirroring(host_config)
+        if saved is _ABSENT:
+            if hasattr(host_config, CONFIG_ATTRIBUTE):
+                delattr(host_config, CONFIG_ATTRIBUTE)
+        else:
+            setattr(host_config, CONFIG_ATTRIBUTE, saved)
     return model
 
 
@@ -84,6 +94,7 @@ def unwrap_model(model: nn.Module) -> nn.Module:
 
 
 def host_modules() -> list:
+    """The host patch modules, imported on first use (a host's libraries load only when needed)."""
     return [importlib.import_module(name) for name in HOST_MODULES]
 
 
@@ -103,6 +114,8 @@ def find_host(model: nn.Module) -> ModuleType:
 def _resolve_config(
     model: nn.Module, threshold: Any, config: Optional[DynTokConfig], settings: dict
 ) -> DynTokConfig:
+    """Keyword settings on top of the defaults; else `config`; else the live settings of an already patched model;
+    else those saved in the model's config; else the defaults."""
     explicit = threshold is not ... or bool(settings)
     if config is not None:
         if explicit:
@@ -114,5 +127,7 @@ def _resolve_config(
         if threshold is not ...:
             settings["threshold"] = threshold
         return DynTokConfig.from_dict(settings)
+    if is_patched(model):
+        return model.__dict__[CONFIG_ATTRIBUTE]
     saved = getattr(getattr(model, "config", None), CONFIG_ATTRIBUTE, None)
     return DynTokConfig.from_dict(dict(saved)) if isinstance(saved, dict) else DynTokConfig()

@@ -41,13 +41,15 @@ class DynTokConfig:
 
     def __post_init__(self) -> None:
         self._validate()
+        object.__setattr__(self, "_mirrors", [])
         object.__setattr__(self, "_ready", True)
 
     def __setattr__(self, name: str, value: Any) -> None:
         if getattr(self, "_ready", False) and name in _FIELD_NAMES:
-            dataclasses.replace(self, **{name: value})  # validates the would-be config, raises if invalid
-            if name == "train_threshold_range" and value is not None:
-                value = tuple(float(v) for v in value)
+            value = getattr(dataclasses.replace(self, **{name: value}), name)  # validated and normalised, or raises
+            object.__setattr__(self, name, value)
+            self._sync_mirrors()
+            return
         object.__setattr__(self, name, value)
 
     def update(self, **changes: Any) -> "DynTokConfig":
@@ -58,7 +60,20 @@ class DynTokConfig:
         candidate = dataclasses.replace(self, **changes)
         for name in changes:
             object.__setattr__(self, name, getattr(candidate, name))
+        self._sync_mirrors()
         return self
+
+    def mirror_to(self, obj: Any, attribute: str) -> None:
+        """Keep `obj.<attribute>` equal to `to_dict()` from now on (a host config that is saved with the model)."""
+        self._mirrors.append((obj, attribute))
+        setattr(obj, attribute, self.to_dict())
+
+    def stop_mirroring(self, obj: Any) -> None:
+        object.__setattr__(self, "_mirrors", [(o, a) for o, a in self._mirrors if o is not obj])
+
+    def _sync_mirrors(self) -> None:
+        for obj, attribute in self._mirrors:
+            setattr(obj, attribute, self.to_dict())
 
     def to_dict(self) -> dict:
         """The settings as a JSON-serialisable dict (what is persisted in a host model's config)."""
@@ -69,6 +84,7 @@ class DynTokConfig:
 
     @classmethod
     def from_dict(cls, values: dict) -> "DynTokConfig":
+        """The config `to_dict()` gave (e.g. read back from a saved model config); unknown keys are an error."""
         unknown = set(values) - set(_FIELD_NAMES)
         if unknown:
             raise ValueError(f"Unknown DynTok setting(s) {sorted(unknown)}; known settings are {list(_FIELD_NAMES)}.")
@@ -109,6 +125,7 @@ class DynTokConfig:
 
     @property
     def has_budget(self) -> bool:
+        """Whether a token budget (`max_tokens` or `target_ratio`) is set."""
         return self.max_tokens is not None or self.target_ratio is not None
 
 

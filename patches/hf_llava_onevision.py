@@ -65,6 +65,7 @@ class _State:
     generate: Callable
     own_forward: bool  # whether `forward` / `generate` were instance attributes before patching
     own_generate: bool
+    installed: dict = field(default_factory=dict)  # name -> the wrapper patch() bound on the instance
 
 
 def is_supported(model: nn.Module) -> bool:
@@ -79,7 +80,8 @@ def patch(model: nn.Module, config: DynTokConfig) -> None:
     host = _find_host(model)
     weight = model.get_input_embeddings().weight
     hidden_size = int(getattr(weight, "ds_shape", weight.shape)[-1])  # ZeRO-3 partitions leave weight.shape empty
-    compressor = DynTokCompressor(hidden_size=hidden_size, config=config, marker=functools.partial(getattr, host.owner, "image_newline"))
+    marker = functools.partial(getattr, host.owner, "image_newline")
+    compressor = DynTokCompressor(hidden_size=hidden_size, config=config, marker=marker)
     state = _State(
         host=host,
         compressor=compressor,
@@ -89,15 +91,27 @@ def patch(model: nn.Module, config: DynTokConfig) -> None:
         own_generate="generate" in model.__dict__,
     )
     model.__dict__[STATE_ATTRIBUTE] = state
-    model.forward = _bind(model, state.forward, _forward)
-    model.generate = _bind(model, state.generate, _generate)
+    state.installed = {
+        "forward": _bind(model, state.forward, _forward),
+        "generate": _bind(model, state.generate, _generate),
+    }
+    for name, wrapper in state.installed.items():
+        setattr(model, name, wrapper)
 
 
 def unpatch(model: nn.Module) -> None:
     """Put back the forward/generate that were bound at patch time and drop all DynTok state."""
-    state = model.__dict__.pop(STATE_ATTRIBUTE, None)
+    state = model.__dict__.get(STATE_ATTRIBUTE)
     if state is None:
         return
+    rewrapped = [name for name, wrapper in state.installed.items() if model.__dict__.get(name) is not wrapper]
+    if rewrapped:
+        raise RuntimeError(
+            f"model.{rewrapped[0]} was wrapped again after patch_llava (accelerate's prepare_model and Trainer add "
+            "mixed-precision wrappers, for example); removing DynTok now would remove that wrapper too. Change the "
+            "settings live through model.dyntok instead, or call unpatch_llava before the model is wrapped."
+        )
+    del model.__dict__[STATE_ATTRIBUTE]
     for name, original, owned in (("forward", state.forward, state.own_forward),
                                   ("generate", state.generate, state.own_generate)):
         if owned:

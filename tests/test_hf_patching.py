@@ -1,6 +1,7 @@
 """Patching mechanics on the HF LLaVA-OneVision host: unpatch, re-patch, wrappers (PEFT, accelerate), attention
 implementations, dtypes, gradient checkpointing, live and persisted settings."""
 
+import functools
 import inspect
 
 import hf_tiny as tiny
@@ -98,16 +99,41 @@ def test_live_settings_stats_and_persistence_round_trip(tmp_path):
     assert [s.tokens_out for s in model.dyntok.last_stats] == [FRAMES * tiny.POOLED * (tiny.POOLED + 1)] * 2
 
     model.dyntok.update(threshold=0.55, target_ratio=0.75)
-    patch_llava(model, config=model.dyntok)  # persist the live values in model.config
+    model.dyntok.marker = "frame"  # live edits reach model.config, so save_pretrained keeps them
     model.save_pretrained(tmp_path)
     from transformers import LlavaOnevisionForConditionalGeneration
 
     loaded = LlavaOnevisionForConditionalGeneration.from_pretrained(tmp_path).eval()
     assert _dyntok_attributes(loaded) == []  # loading never patches by itself
     patch_llava(loaded)
-    assert loaded.dyntok.threshold == 0.55 and loaded.dyntok.target_ratio == 0.75
+    assert loaded.dyntok.to_dict() == model.dyntok.to_dict()
+    assert (loaded.dyntok.threshold, loaded.dyntok.target_ratio, loaded.dyntok.marker) == (0.55, 0.75, "frame")
     expected = model(**batch).logits
     torch.testing.assert_close(loaded(**batch).logits, expected)
+
+    patch_llava(loaded)  # no settings on a patched model: keeps the live ones
+    assert loaded.dyntok.marker == "frame"
+    patch_llava(loaded, threshold=0.3)  # explicit settings replace them, and the saved ones come back on unpatch
+    assert loaded.config.dyntok["threshold"] == 0.3
+    unpatch_llava(loaded)
+    assert loaded.config.dyntok["threshold"] == 0.55 and loaded.config.dyntok["marker"] == "frame"
+    patch_llava(loaded)
+    assert loaded.dyntok.marker == "frame"
+
+
+def test_unpatch_refuses_to_drop_a_wrapper_added_later():
+    model = tiny.build_tiny_llava_onevision()
+    batch = _inputs()
+    stock = model(**batch).logits
+    patch_llava(model, threshold=0.7)
+    patched_forward = model.forward
+    model.forward = functools.wraps(patched_forward)(lambda *a, **k: patched_forward(*a, **k))
+    with pytest.raises(RuntimeError, match="wrapped again after patch_llava"):
+        unpatch_llava(model)
+    assert model.dyntok.threshold == 0.7  # nothing was half-removed
+    model.forward = patched_forward
+    unpatch_llava(model)
+    assert torch.equal(model(**batch).logits, stock)
 
 
 @pytest.mark.parametrize("attention", ["eager", "sdpa"])
