@@ -1,10 +1,12 @@
 """Packaging for dyntok-plugin: the core package plus the host patches installed as dyntok_plugin.patches."""
 
+import re
 from pathlib import Path
 
 from setuptools import setup
 
-VERSION = "0.1.0"
+HERE = Path(__file__).resolve().parent
+VERSION = re.search(r'^__version__ = "([^"]+)"', (HERE / "dyntok_plugin" / "__init__.py").read_text(), re.M).group(1)
 
 EXTRAS = {
     "test": ["pytest>=7", "hypothesis>=6.80", "av>=11", "pillow>=9"],
@@ -30,7 +32,7 @@ setup(
     version=VERSION,
     description="DynTok dynamic visual-token compression for LLaVA-OneVision, as a one-call plugin "
     "for Hugging Face transformers and LLaVA-NeXT.",
-    long_description=Path(__file__).with_name("README.md").read_text(encoding="utf-8"),
+    long_description=(HERE / "README.md").read_text(encoding="utf-8"),
     long_description_content_type="text/markdown",
     license="Apache-2.0",
     python_requires=">=3.9",
