@@ -21,6 +21,7 @@ class DynTokStats:
     threshold: float
 
     def to_dict(self) -> dict:
+        """The statistics as a JSON-serialisable dict."""
         return asdict(self)
 
 
