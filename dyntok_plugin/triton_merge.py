@@ -17,9 +17,7 @@ the PyTorch path handles training). Set `ENABLED = False` to force the PyTorch p
 
 from __future__ import annotations
 
-import itertools
 import os
-import struct
 from dataclasses import dataclass
 from typing import Optional, Sequence
 
@@ -59,12 +57,6 @@ class FusedResult:
     is_marker: Tensor
     lengths: list
     thresholds: list
-
-
-def _reinterpret(values: list, source: str, target: str) -> list:
-    """The same 64-bit patterns read as another type (`"d"` float64, `"q"` int64): floats travel in int64 buffers."""
-    count = len(values)
-    return list(struct.unpack(f"<{count}{target}", struct.pack(f"<{count}{source}", *values)))
 
 
 def _interpreting() -> bool:
@@ -119,9 +111,11 @@ def compress(
     similarity_features = similarity_features.contiguous()
 
     # One non-blocking host-to-device copy: the video of each frame, then the thresholds' float64 bits.
-    video_of_frame = itertools.chain.from_iterable(itertools.repeat(v, f) for v, f in enumerate(frames_per_video))
-    threshold_bits = _reinterpret(thresholds.tolist(), "d", "q")
-    packed = torch.tensor([*video_of_frame, *threshold_bits], dtype=torch.int64).to(device, non_blocking=True)
+    video_of_frame = torch.repeat_interleave(
+        torch.arange(num_videos, dtype=torch.int64), torch.tensor(frames_per_video, dtype=torch.int64)
+    )
+    threshold_bits = thresholds.to(torch.float64).contiguous().view(torch.int64)
+    packed = torch.cat([video_of_frame, threshold_bits]).to(device, non_blocking=True)
     frame_video, thresholds_device = packed[:frames], packed[frames:].view(torch.float64)
     # What the host reads back: each video's end offset, NaN/Inf counts of features and similarity features.
     report = torch.zeros(num_videos + 2, dtype=torch.int64, device=device)
@@ -160,7 +154,8 @@ def compress(
 
     if capacity is not None:
         report = torch.cat([report, effective.view(torch.int64)])
-    host = report.tolist()  # the call's one host synchronisation
+    host_report = report.cpu()  # the call's one host synchronisation
+    host = host_report[: num_videos + 2].tolist()
     if host[num_videos] or host[num_videos + 1]:
         name = "features" if host[num_videos] else "similarity_features"
         raise ValueError(
@@ -172,7 +167,7 @@ def compress(
     if capacity is None:
         effective_host = thresholds.tolist()
     else:
-        effective_host = _reinterpret(host[num_videos + 2 :], "q", "d")
+        effective_host = host_report[num_videos + 2 :].view(torch.float64).tolist()
     total = ends[-1]
     return FusedResult(
         tokens=tokens[:total],
