@@ -2,13 +2,16 @@
 
 `HFBackend` serves Hugging Face checkpoints through transformers and the checkpoint's processor;
 `LlavaNextBackend` serves original LLaVA-NeXT checkpoints (`lmms-lab/llava-onevision-*`) through
-`llava.model.builder`. Both take `Prompt`s and return `Generation`s or `(log-probability, is_greedy)` pairs, and
-count each prompt's real input length from DynTok's statistics, so `eval_lmms` needs no host-specific code.
+`llava.model.builder` (or that of `llavaction`, LLaVA-NeXT's PyPI fork, same layout). Both take `Prompt`s and
+return `Generation`s or `(log-probability, is_greedy)` pairs, and count each prompt's real input length from DynTok's
+statistics, so `eval_lmms` needs no host-specific code.
 """
 
 from __future__ import annotations
 
 import copy
+import importlib
+import importlib.util
 from dataclasses import dataclass, field
 from typing import List, Optional, Sequence, Tuple, Union
 
@@ -19,6 +22,10 @@ from .checkpoints import dtype_argument
 from .config import DynTokConfig
 from .processing import user_turn, video_token_id
 from .stats import DynTokStats
+
+LLAVA_PACKAGES = ("llava", "llavaction")
+"""LLaVA-NeXT packages tried in order: upstream (from git), then its PyPI fork."""
+LLAVA_DTYPES = ("float16", "bfloat16")
 
 
 @dataclass
@@ -48,7 +55,7 @@ def load_backend(pretrained: str, backend: str, conv_template: str, dtype: str, 
     if kind == "hf":
         return HFBackend(pretrained, **options)
     if kind == "llava":
-        return LlavaNextBackend(pretrained, conv_template=conv_template, **options)
+        return LlavaNextBackend.load(pretrained, conv_template=conv_template, **options)
     raise ValueError(f"backend must be 'auto', 'hf' or 'llava', got {backend!r}.")
 
 
@@ -126,47 +133,47 @@ class HFBackend:
 
 
 class LlavaNextBackend:
-    """An original LLaVA-NeXT checkpoint loaded with `llava.model.builder` (LLaVA-NeXT installed from git)."""
+    """An original LLaVA-NeXT model with its tokenizer and image processor (`load` reads a checkpoint)."""
 
-    def __init__(self, pretrained: str, conv_template: str, dtype: str, device: torch.device,
-                 device_map: Optional[str], attn_implementation: Optional[str]) -> None:
-        try:
-            from llava.constants import DEFAULT_IMAGE_TOKEN, IMAGE_TOKEN_INDEX
-            from llava.conversation import conv_templates
-            from llava.mm_utils import get_model_name_from_path, process_images, tokenizer_image_token
-            from llava.model.builder import load_pretrained_model
-        except ImportError as err:
-            raise ImportError(
-                f"{pretrained!r} is a LLaVA-NeXT checkpoint and loading it needs the LLaVA-NeXT package `llava` "
-                f"({err}). Install it from its git repository (see the README, 'Supported hosts'), or evaluate the "
-                "Hugging Face conversion instead, e.g. pretrained=llava-hf/llava-onevision-qwen2-7b-ov-hf."
-            ) from err
+    def __init__(self, model: torch.nn.Module, tokenizer, image_processor, conv_template: str,
+                 package: Optional[str] = None) -> None:
+        host = _llava_modules(package or llava_package(), "constants", "conversation", "mm_utils")
+        conv_templates = host["conversation"].conv_templates
         if conv_template not in conv_templates:
             raise ValueError(f"conv_template {conv_template!r} is not one of LLaVA-NeXT's {sorted(conv_templates)}.")
-        self.image_token, self.image_token_index = DEFAULT_IMAGE_TOKEN, IMAGE_TOKEN_INDEX
+        self.image_token = host["constants"].DEFAULT_IMAGE_TOKEN
+        self.image_token_index = host["constants"].IMAGE_TOKEN_INDEX
         self.conversation = conv_templates[conv_template]
-        self.tokenize, self.process_images = tokenizer_image_token, process_images
-        torch_dtype = "bfloat16" if dtype == "bfloat16" else "float16"
-        self.tokenizer, self.model, self.image_processor, _ = load_pretrained_model(
-            pretrained, None, get_model_name_from_path(pretrained), device_map=device_map or str(device),
-            torch_dtype=torch_dtype, attn_implementation=attn_implementation or "sdpa", multimodal=True,
-            overwrite_config={"mm_spatial_pool_mode": "bilinear", "mm_spatial_pool_stride": 2},
-        )
-        self.model.eval()
+        self.tokenize, self.process_images = host["mm_utils"].tokenizer_image_token, host["mm_utils"].process_images
+        self.tokenizer, self.model, self.image_processor = tokenizer, model.eval(), image_processor
         self.model.config.tokenizer_padding_side = "left"
         self.device = self.model.device
         pad = self.tokenizer.pad_token_id
         self.pad_id = pad if pad is not None else self.tokenizer.eos_token_id
 
+    @classmethod
+    def load(cls, pretrained: str, conv_template: str, dtype: str, device: torch.device, device_map: Optional[str],
+             attn_implementation: Optional[str]) -> LlavaNextBackend:
+        """Load `pretrained` with `llava.model.builder` (or `llavaction`'s); dtype `"auto"` keeps the checkpoint's."""
+        package = llava_package()
+        mm_utils, builder = _llava_modules(package, "mm_utils", "model.builder").values()
+        tokenizer, model, image_processor, _ = builder.load_pretrained_model(
+            pretrained, None, mm_utils.get_model_name_from_path(pretrained), device_map=device_map or str(device),
+            torch_dtype=_llava_dtype(pretrained, dtype), attn_implementation=attn_implementation or "sdpa",
+            multimodal=True, overwrite_config={"mm_spatial_pool_mode": "bilinear", "mm_spatial_pool_stride": 2},
+        )
+        return cls(model, tokenizer, image_processor, conv_template, package)
+
     def _encode(self, prompt: Prompt, with_continuation: bool = False) -> tuple:
-        """`(input_ids, visuals, modalities, image_sizes)` for one prompt, videos first then images."""
+        """`(input_ids, visuals, modalities, image_sizes)` for one prompt, videos first then images; `input_ids` is
+        `(1, L)` on the CPU, one `IMAGE_TOKEN_INDEX` per visual."""
         count = len(prompt.videos) + len(prompt.images)
         question = "\n".join([self.image_token] * count + [prompt.context]) if count else prompt.context
         conv = copy.deepcopy(self.conversation)
         conv.append_message(conv.roles[0], question)
         conv.append_message(conv.roles[1], None)
         text = conv.get_prompt() + (prompt.continuation if with_continuation else "")
-        ids = self.tokenize(text, self.tokenizer, self.image_token_index, return_tensors="pt")
+        ids = self.tokenize(text, self.tokenizer, self.image_token_index, return_tensors="pt").reshape(1, -1)
         dtype = self.model.dtype
         visuals = [self.image_processor.preprocess(v, return_tensors="pt")["pixel_values"].to(self.device, dtype)
                    for v in prompt.videos]
@@ -179,12 +186,12 @@ class LlavaNextBackend:
     def generate(self, prompts: Sequence[Prompt], gen_kwargs: dict) -> List[Generation]:
         """Answer a batch of prompts in one `generate` call."""
         encoded = [self._encode(p) for p in prompts]
-        width = max(int(e[0].numel()) for e in encoded)
+        width = max(e[0].shape[1] for e in encoded)
         ids = torch.full((len(prompts), width), self.pad_id, dtype=torch.long)
         mask = torch.zeros((len(prompts), width), dtype=torch.long)
         for row, (row_ids, *_) in enumerate(encoded):
-            ids[row, width - row_ids.numel():] = row_ids
-            mask[row, width - row_ids.numel():] = 1
+            ids[row, width - row_ids.shape[1]:] = row_ids[0]
+            mask[row, width - row_ids.shape[1]:] = 1
         visuals = [v for e in encoded for v in e[1]]
         with torch.inference_mode():
             output = self.model.generate(
@@ -197,7 +204,7 @@ class LlavaNextBackend:
         for row, (prompt, (row_ids, *_), own) in enumerate(zip(prompts, encoded, per_prompt)):
             length = None
             if own is not None and not prompt.images:
-                length = int(row_ids.numel()) - len(prompt.videos) + sum(s.tokens_out for s in own)
+                length = row_ids.shape[1] - len(prompt.videos) + sum(s.tokens_out for s in own)
             generations.append(Generation(
                 text=self.tokenizer.decode(output[row], skip_special_tokens=True),
                 output_tokens=_answer_length(output[row], self.tokenizer.eos_token_id, self.pad_id),
@@ -214,6 +221,48 @@ class LlavaNextBackend:
                 input_ids=ids.to(self.device), images=visuals or None, modalities=modalities or None, image_sizes=sizes
             ).logits[0]
         return _continuation_score(logits, ids[0], int(ids.shape[1] - context_ids.shape[1]))
+
+
+def llava_package() -> str:
+    """The installed LLaVA-NeXT package: upstream `llava`, else the PyPI fork `llavaction` (same module layout)."""
+    for name in LLAVA_PACKAGES:
+        if importlib.util.find_spec(name) is not None:
+            return name
+    raise ImportError(
+        "LLaVA-NeXT checkpoints need the LLaVA-NeXT package `llava` or its PyPI fork `llavaction`; neither is "
+        "installed. Install LLaVA-NeXT from its git repository (see the README, 'Supported hosts') or "
+        "`pip install llavaction`, or evaluate the Hugging Face conversion instead, e.g. "
+        "pretrained=llava-hf/llava-onevision-qwen2-7b-ov-hf."
+    )
+
+
+def _llava_modules(package: str, *names: str) -> dict:
+    """`{name: module}` for `package.name`, with an error naming the package when one fails to import."""
+    try:
+        return {name: importlib.import_module(f"{package}.{name}") for name in names}
+    except ImportError as err:
+        raise ImportError(
+            f"The LLaVA-NeXT package {package!r} is installed but does not import ({err}); reinstall it or install "
+            "a transformers version it supports."
+        ) from err
+
+
+def _llava_dtype(pretrained: str, dtype: str) -> str:
+    """The `torch_dtype` for LLaVA-NeXT's builder, which loads only float16 or bfloat16: `"auto"` takes the
+    checkpoint's (its config's `torch_dtype`) where it is one of those, else the builder's default, float16."""
+    if dtype in LLAVA_DTYPES:
+        return dtype
+    if dtype in (None, "auto"):
+        from transformers import PretrainedConfig
+
+        values, _ = PretrainedConfig.get_config_dict(pretrained)
+        saved = str(values.get("torch_dtype") or values.get("dtype") or "").replace("torch.", "")
+        return saved if saved in LLAVA_DTYPES else "float16"
+    raise ValueError(
+        f"LLaVA-NeXT's model builder loads float16 or bfloat16 weights only, got dtype={dtype!r}; pass "
+        "dtype=bfloat16, dtype=float16 or dtype=auto (the checkpoint's), or evaluate the Hugging Face conversion "
+        "for other dtypes."
+    )
 
 
 def detect_backend(pretrained: str) -> str:

@@ -6,6 +6,7 @@ Runs when the `eval` extra (lmms-eval 0.7) is installed; skipped otherwise.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import math
 import os
@@ -25,6 +26,7 @@ from lmms_eval.models import get_model  # noqa: E402
 from lmms_eval.models.model_utils.gen_metrics import reset_logged_metrics, summarize_logged_metrics  # noqa: E402
 
 from dyntok_plugin import DynTokConfig, is_patched  # noqa: E402
+from dyntok_plugin.eval_backends import LLAVA_PACKAGES  # noqa: E402
 from dyntok_plugin.eval_lmms import MODEL_ID, LlavaOneVisionDynTok  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
@@ -155,12 +157,8 @@ def test_unknown_checkpoint_kind_is_refused(tmp_path):
 
 
 def test_llava_next_backend_needs_llava(checkpoint):
-    try:
-        import llava  # noqa: F401
-    except ImportError:
-        pass
-    else:
-        pytest.skip("LLaVA-NeXT is installed here; this checks the message given without it")
+    if any(importlib.util.find_spec(name) for name in LLAVA_PACKAGES):
+        pytest.skip("LLaVA-NeXT (or llavaction) is installed here; this checks the message given without it")
     with pytest.raises(ImportError, match="LLaVA-NeXT"):
         make_model(checkpoint, "backend=llava")
 
