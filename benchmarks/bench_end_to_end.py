@@ -50,6 +50,7 @@ from torch import Tensor, nn
 
 from common import RESULTS_DIR, device_kind, device_name, median_seconds, print_table, write_results
 from dyntok_plugin import DynTokCompressor, DynTokConfig, patch_llava, unpatch_llava
+from dyntok_plugin.patches.hf_common import bilinear_pool
 
 RANDOM_WEIGHTS_NOTE = (
     "Random weights: similarities are meaningless, so DynTok runs with a fixed budget (threshold=None, "
@@ -351,7 +352,8 @@ def vision_memory(model: nn.Module, case: Case) -> dict:
 
 
 def channels_last_pooling(owner: nn.Module) -> Callable[[Tensor], Tensor]:
-    """The host's `apply_pooling` (bilinear to the ceiling of half the grid) on a channels-last view.
+    """The host's `apply_pooling` interface (`(frames, g*g, C)` -> `(frames, h*w, C)`) on the patch's
+    channels-last bilinear pooling (`hf_common.bilinear_pool`).
 
     The host makes the `(frames, C, g, g)` tensor contiguous first, which sends `interpolate` to the NCHW CUDA
     kernel; that kernel parallelises over the 14x14 output positions only and loops over frames and channels.
@@ -359,15 +361,10 @@ def channels_last_pooling(owner: nn.Module) -> Callable[[Tensor], Tensor]:
     keep the patch embedding's channel-major strides), PyTorch runs its NHWC kernel: the same numbers.
     """
     vision = owner.config.vision_config
-    side = vision.image_size // vision.patch_size
-    size = [math.ceil(side / 2)] * 2
+    grid = vision.image_size // vision.patch_size
 
     def apply_pooling(features: Tensor) -> Tensor:
-        frames, _, dim = features.shape
-        grid = features.reshape(frames, side, side, dim).permute(0, 3, 1, 2)
-        grid = grid.contiguous(memory_format=torch.channels_last)
-        pooled = nn.functional.interpolate(grid, size=size, mode="bilinear")
-        return pooled.permute(0, 2, 3, 1).reshape(frames, -1, dim)
+        return bilinear_pool(features, grid).reshape(features.shape[0], -1, features.shape[-1])
 
     return apply_pooling
 

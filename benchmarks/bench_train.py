@@ -36,7 +36,9 @@ from typing import Optional
 import torch
 from tqdm import tqdm
 
-from common import RESULTS_DIR, device_kind, device_name, print_table, timed_runs, write_results
+from common import (
+    LLAVA_OV_05B, RESULTS_DIR, device_kind, device_name, print_table, tests_on_path, timed_runs, write_results,
+)
 from dyntok_plugin import patch_llava
 
 CLIP = Path(__file__).resolve().parents[1] / "assets" / "city_cc0.mp4"
@@ -45,17 +47,8 @@ CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 PROMPT_TOKENS = 16
 ANSWER_TOKENS = 32
 
-# llava-onevision-qwen2-0.5b-ov (HF conversion): SigLIP-so400m/14-384, last layer dropped, "full"; Qwen2-0.5B.
 SIZES = {
-    "0.5b": dict(
-        vision=dict(model_type="siglip_vision_model", image_size=384, patch_size=14, hidden_size=1152,
-                    intermediate_size=4304, num_hidden_layers=26, num_attention_heads=16, layer_norm_eps=1e-6,
-                    vision_use_head=False),
-        text=dict(model_type="qwen2", vocab_size=151936, hidden_size=896, intermediate_size=4864,
-                  num_hidden_layers=24, num_attention_heads=14, num_key_value_heads=2, max_position_embeddings=32768,
-                  rope_theta=1000000.0, tie_word_embeddings=True, rms_norm_eps=1e-6),
-        frames=[16, 32, 64],
-    ),
+    "0.5b": dict(**LLAVA_OV_05B, frames=[16, 32, 64]),
     "tiny": dict(
         vision=dict(model_type="siglip_vision_model", image_size=64, patch_size=8, hidden_size=64,
                     intermediate_size=128, num_hidden_layers=2, num_attention_heads=4, vision_use_head=False),
@@ -126,16 +119,11 @@ def make_batch(model, pixels: torch.Tensor, batch: int, device: torch.device) ->
 
 
 def set_trainable(model, parts: list) -> None:
-    """Train the chosen parts: `projector`, `marker` (image_newline), `llm`, `vision`."""
-    owner = model.model
-    pieces = {
-        "projector": [owner.multi_modal_projector], "marker": [owner.image_newline],
-        "llm": [owner.language_model, model.lm_head], "vision": [owner.vision_tower],
-    }
-    model.requires_grad_(False)
-    for part in parts:
-        for piece in pieces[part]:
-            piece.requires_grad_(True)
+    """Train the chosen parts (`projector`, `marker`, `llm`, `vision`), as examples/finetune_hf.py does."""
+    tests_on_path()
+    import finetune_utils
+
+    finetune_utils.finetune_module().set_trainable(model, parts)
 
 
 def count_llm_tokens(model) -> tuple:

@@ -35,7 +35,6 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import importlib.util
 import json
 import os
 import shutil
@@ -47,42 +46,18 @@ import time
 from pathlib import Path
 from typing import Any, Optional
 
+from common import LLAVA_OV_05B, TESTS_DIR, tests_on_path
+
 REPO = Path(__file__).resolve().parents[1]
-TESTS = REPO / "tests"
-FINETUNE_SCRIPT = REPO / "examples" / "finetune_hf.py"
 FSDP_YAML = REPO / "examples" / "accelerate" / "fsdp.yaml"
-RESULTS_DIR = REPO / "benchmarks" / "results"
 
 # llava-onevision-qwen2-0.5b-ov sizes (HF conversion), random weights. The tokenizer is tests/hf_tiny.py's
 # word-level one (128 ids); the embedding keeps Qwen2's 151936 rows so the LM head costs what it costs.
 SIZES = {
-    "0.5b": dict(
-        vision=dict(model_type="siglip_vision_model", image_size=384, patch_size=14, hidden_size=1152,
-                    intermediate_size=4304, num_hidden_layers=26, num_attention_heads=16, layer_norm_eps=1e-6,
-                    vision_use_head=False),
-        text=dict(model_type="qwen2", vocab_size=151936, hidden_size=896, intermediate_size=4864,
-                  num_hidden_layers=24, num_attention_heads=14, num_key_value_heads=2, max_position_embeddings=32768,
-                  rope_theta=1000000.0, tie_word_embeddings=True, rms_norm_eps=1e-6),
-        tie_word_embeddings=True,
-    ),
+    "0.5b": dict(**LLAVA_OV_05B, tie_word_embeddings=True),
     "tiny": dict(vision={}, text={}, tie_word_embeddings=False),  # tests/hf_tiny.py as it is (32 px, 8x8 grid)
 }
 NCCL_SAFETY = {"NCCL_NVLS_ENABLE": "0", "TORCH_SYMM_MEM_DISABLE_MULTICAST": "1", "NVSHMEM_DISABLE_NVLS": "1"}
-
-
-def _tests_on_path() -> None:
-    if str(TESTS) not in sys.path:
-        sys.path.insert(0, str(TESTS))
-
-
-def finetune_module():
-    """`examples/finetune_hf.py` as the module `finetune_hf`."""
-    if "finetune_hf" not in sys.modules:
-        spec = importlib.util.spec_from_file_location("finetune_hf", FINETUNE_SCRIPT)
-        module = importlib.util.module_from_spec(spec)
-        sys.modules["finetune_hf"] = module
-        spec.loader.exec_module(module)
-    return sys.modules["finetune_hf"]
 
 
 # ------------------------------------------------------------------------------------------------ prepare
@@ -90,7 +65,7 @@ def finetune_module():
 
 def build_processor(image_size: int, patch_size: int):
     """`LlavaOnevisionProcessor` at the tower's resolution with tests/hf_tiny.py's offline tokenizer and template."""
-    _tests_on_path()
+    tests_on_path()
     import hf_tiny
     from transformers import LlavaOnevisionImageProcessor, LlavaOnevisionProcessor, LlavaOnevisionVideoProcessor
 
@@ -110,7 +85,7 @@ def prepare(work: Path, size: str, frames: int, vision_layers: Optional[int], de
     """Write `work/checkpoint` (random model + processor + tokenizer) and `work/data/train.jsonl`."""
     import torch
 
-    _tests_on_path()
+    tests_on_path()
     import finetune_utils as fu
     import hf_tiny
     from transformers import LlavaOnevisionForConditionalGeneration
@@ -157,7 +132,10 @@ def worker(args: argparse.Namespace, finetune_argv: list) -> None:
 
     from dyntok_plugin import unpatch_llava
 
-    fh = finetune_module()
+    tests_on_path()
+    import finetune_utils
+
+    fh = finetune_utils.finetune_module()
     rank = int(os.environ.get("RANK", "0"))
     metrics: dict[str, Any] = {"rank": rank, "variant": args.variant, "steps": []}
     seen: list = []
@@ -349,7 +327,7 @@ def launch(args, variant: str, prep: dict, work: Path, timeout: float, config: O
                    "--master_port", port] + worker_args
     env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", TOKENIZERS_PARALLELISM="false",
                PYTHONUNBUFFERED="1", **NCCL_SAFETY)
-    env["PYTHONPATH"] = os.pathsep.join(p for p in [env.get("PYTHONPATH", ""), str(REPO), str(TESTS)] if p)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in [env.get("PYTHONPATH", ""), str(REPO), str(TESTS_DIR)] if p)
     if args.cpu:
         env["OMP_NUM_THREADS"] = "1"
     log_path = Path(args.out_dir) / f"{variant}{tag}.log"

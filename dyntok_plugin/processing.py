@@ -1,9 +1,10 @@
 """LLaVA-OneVision's inputs built the way its processor builds them, shared by every place that prompts the model.
 
-Chat messages for ``apply_chat_template`` and the video placeholder id; and, for checkpoints whose processor
-is not saved or cannot load (transformers 5.x's video processor needs torchvision), the placeholder expansion
-and pixel preprocessing. The stock processor turns each ``<video>`` of the rendered chat into a run of
-``F*h*w + 1`` placeholder ids (the pooled grid plus one newline), which DynTok then re-splices.
+Chat messages for ``apply_chat_template`` and the video placeholder id (the HF patch's ``video_token_id``); and,
+for checkpoints whose processor is not saved or cannot load (transformers 5.x's video processor needs
+torchvision), the placeholder expansion and pixel preprocessing. The stock processor turns each ``<video>`` of
+the rendered chat into a run of ``F*h*w + 1`` placeholder ids (the pooled grid plus one newline), which DynTok
+then re-splices.
 """
 
 from __future__ import annotations
@@ -17,17 +18,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from .patches.hf_common import video_token_id
+
 
 def user_turn(text: str, videos: int = 1, images: int = 0) -> list[dict]:
     """One user message for ``apply_chat_template``: video placeholders, then image ones, then the text."""
     content = [{"type": "video"} for _ in range(videos)] + [{"type": "image"} for _ in range(images)]
     return [{"role": "user", "content": content + [{"type": "text", "text": text}]}]
-
-
-def video_token_id(config: Any) -> int:
-    """The video placeholder id: ``video_token_id`` in newer transformers configs, ``video_token_index`` before."""
-    value = getattr(config, "video_token_id", None)
-    return config.video_token_index if value is None else value
 
 
 def pooled_side(config: Any) -> int:

@@ -230,7 +230,8 @@ def host_parts(model: torch.nn.Module) -> dict[str, Any]:
     }
 
 
-def _set_trainable(model: torch.nn.Module, parts: Sequence[str]) -> None:
+def set_trainable(model: torch.nn.Module, parts: Sequence[str]) -> None:
+    """Freeze the model except the chosen `host_parts` (`vision`, `projector`, `marker`, `llm`)."""
     model.requires_grad_(False)
     for name, items in host_parts(model).items():
         if name in parts:
@@ -279,7 +280,7 @@ def setup_model(
         **dyntok_settings,
     )
     if lora_rank == 0:
-        _set_trainable(model, parts)
+        set_trainable(model, parts)
         return model
     return _add_lora(model, parts, lora_rank, lora_alpha or 2 * lora_rank)
 

@@ -6,8 +6,9 @@ module wraps the instance's `forward` and `generate` (`functools.wraps`, so `gen
 the original signature): when `pixel_values_videos` is given, the wrappers compute the video tokens themselves
 (vision tower -> feature layer and select strategy -> projector -> the host's video pooling -> DynTok, with the
 pooled pre-projector features as similarity features and the host's `image_newline` as marker), splice
-them into each sample's placeholder runs, rebuild `input_ids`, `attention_mask`, `labels` (visual positions
--100) and, when given, `position_ids`/`cache_position`, and call the original with `inputs_embeds`.
+them into each sample's placeholder runs and re-pad (`_hf_splice`: `input_ids`, `attention_mask`, `labels` with
+visual positions -100), rebuild `position_ids`/`cache_position` when given, and call the original with
+`inputs_embeds`.
 Calls without videos (decode steps included) go to the original untouched.
 
 Host components are found by duck typing (flat layout up to 4.51, `model.model` from 4.52; `video_token_id`
@@ -33,10 +34,11 @@ from torch import Tensor, nn
 
 from dyntok_plugin.compressor import DynTokCompressor
 from dyntok_plugin.config import DynTokConfig
+from dyntok_plugin.patches._hf_splice import splice
+from dyntok_plugin.patches.hf_common import bilinear_pool, transformers_version, video_token_id, vision_features
 
 SUPPORTED_CLASSES = ("transformers.LlavaOnevisionForConditionalGeneration",)
 STATE_ATTRIBUTE = "_dyntok_hf_state"
-IGNORE_INDEX = -100
 _CLASS_NAME = "LlavaOnevisionForConditionalGeneration"
 _MIN_MIXED_VERSION = (4, 54)  # first transformers that accepts inputs_embeds together with pixel_values
 
@@ -52,7 +54,7 @@ class _Host:
     num_channels: int
     tokens_per_frame: int  # pooled grid h*w
     grid: int  # vision patches per side (27 for SigLIP-so400m at 384 px)
-    fast_pooling: dict = field(default_factory=dict)  # (device, dtype, channels) -> `_bilinear_pool` is exact
+    fast_pooling: dict = field(default_factory=dict)  # (device, dtype, channels) -> `bilinear_pool` is exact
 
 
 @dataclass
@@ -135,11 +137,6 @@ def _find_host(model: nn.Module) -> _Host:
             "this transformers version's layout is not supported by dyntok_plugin."
         )
     config = model.config
-    video_token_id = getattr(config, "video_token_id", None)
-    if video_token_id is None:
-        video_token_id = getattr(config, "video_token_index", None)
-    if video_token_id is None:
-        raise TypeError("The model config has neither video_token_id nor video_token_index; cannot find video tokens.")
     text_config = getattr(config, "text_config", config)
     pad = getattr(config, "pad_token_id", None)
     pad = getattr(text_config, "pad_token_id", None) if pad is None else pad
@@ -148,7 +145,7 @@ def _find_host(model: nn.Module) -> _Host:
     pooled = math.ceil(grid / 2)
     return _Host(
         owner=owner,
-        video_token_id=int(video_token_id),
+        video_token_id=video_token_id(config),
         pad_token_id=int(pad) if pad is not None else 0,
         image_size=int(vision.image_size),
         num_channels=int(getattr(vision, "num_channels", 3)),
@@ -239,7 +236,7 @@ def _splice_videos(model: nn.Module, state: _State, call: dict, padding_side: st
         raise ValueError("Pass either pixel_values_videos or mm_encoder_outputs['video'], not both.")
     if call.get("inputs_embeds") is not None:
         raise ValueError("Pass either input_ids or inputs_embeds together with pixel_values_videos, not both.")
-    if call.get("pixel_values") is not None and _transformers_version() < _MIN_MIXED_VERSION:
+    if call.get("pixel_values") is not None and transformers_version() < _MIN_MIXED_VERSION:
         raise ValueError(
             "Images and videos in one call need transformers >= 4.54 with DynTok (older versions reject "
             "inputs_embeds together with pixel_values); upgrade transformers or pass images and videos in "
@@ -250,7 +247,7 @@ def _splice_videos(model: nn.Module, state: _State, call: dict, padding_side: st
     strategy = call.get("vision_feature_select_strategy")
     chunks = _video_tokens(model, state, frames, frames_per_video, layer, strategy)
     expected = [f * host.tokens_per_frame + 1 for f in frames_per_video]
-    spliced = _splice(
+    spliced = splice(
         input_ids, call.get("attention_mask"), call.get("labels"), chunks, expected, frames_per_video, host,
         model.get_input_embeddings(), padding_side,
     )
@@ -299,7 +296,7 @@ def _video_tokens(model, state: _State, frames: Tensor, frames_per_video: list, 
     owner = host.owner
     layer = config.vision_feature_layer if layer is None else layer
     strategy = config.vision_feature_select_strategy if strategy is None else strategy
-    selected = _vision_features(owner.vision_tower, frames, layer)
+    selected = vision_features(owner.vision_tower, frames, layer)
     if strategy == "default":
         selected = selected[:, 1:]
     projected = _pool(host, owner.multi_modal_projector(selected))
@@ -309,39 +306,6 @@ def _video_tokens(model, state: _State, frames: Tensor, frames_per_video: list, 
     with _onloaded(owner), _zero3_gathered(model, owner.image_newline):
         batch = compressor.compress_batch(projected, frames_per_video, similarity)
     return batch.chunks()
-
-
-def _vision_features(tower: nn.Module, frames: Tensor, layer) -> Tensor:
-    """The tower's hidden states at `vision_feature_layer` (an int, or a list concatenated along channels).
-
-    Forward hooks on the chosen encoder layers keep only those outputs; `output_hidden_states=True` would hold every
-    layer's output for all frames at once (several GB at 64 frames of SigLIP-so400m). Towers without the usual
-    `embeddings` + `encoder.layers` layout fall back to `output_hidden_states=True`. The tower casts the pixels
-    itself and accelerate hooks move them.
-    """
-    indices = [layer] if isinstance(layer, int) else list(layer)
-    body = getattr(tower, "vision_model", tower)
-    blocks = getattr(getattr(body, "encoder", None), "layers", None)
-    embeddings = getattr(body, "embeddings", None)
-    if not isinstance(blocks, nn.ModuleList) or not isinstance(embeddings, nn.Module):
-        hidden = tower(frames, output_hidden_states=True).hidden_states
-        return torch.cat([hidden[i] for i in indices], dim=-1)
-    # hidden_states[0] is the embeddings' output, hidden_states[j] the output of encoder layer j - 1.
-    sources = [embeddings] + list(blocks)
-    captured: dict = {}
-
-    def keep(position: int):
-        def hook(module, args, output):
-            captured[position] = output[0] if isinstance(output, tuple) else output
-        return hook
-
-    handles = [sources[i].register_forward_hook(keep(i % len(sources))) for i in indices]
-    try:
-        tower(frames)
-    finally:
-        for handle in handles:
-            handle.remove()
-    return torch.cat([captured[i % len(sources)] for i in indices], dim=-1)
 
 
 def _pool(host: _Host, features: Tensor) -> Tensor:
@@ -354,25 +318,12 @@ def _pool(host: _Host, features: Tensor) -> Tensor:
     if key not in host.fast_pooling:
         probe = features[:1].detach()
         reference = host.owner.apply_pooling(probe)
-        host.fast_pooling[key] = torch.equal(_bilinear_pool(probe, host.grid).reshape(reference.shape), reference)
+        host.fast_pooling[key] = torch.equal(bilinear_pool(probe, host.grid).reshape(reference.shape), reference)
     if host.fast_pooling[key]:
-        return _bilinear_pool(features, host.grid)
+        return bilinear_pool(features, host.grid)
     pooled = host.owner.apply_pooling(features)
     side = math.isqrt(pooled.shape[1])
     return pooled.reshape(pooled.shape[0], side, side, -1)
-
-
-def _bilinear_pool(features: Tensor, grid: int) -> Tensor:
-    """LLaVA-OneVision's video pooling (bilinear resize of the g x g grid to ceil(g/2)), computed channels-last in
-    chunks of 512 channels: the same numbers as the host's channels-first version, which is about 100x slower on
-    GPU in bfloat16 (11.6 ms vs 0.07 ms for 32 frames of 729 x 896 features on an H100)."""
-    side = math.ceil(grid / 2)
-    frames = features.reshape(features.shape[0], grid, grid, -1).permute(0, 3, 1, 2)
-    parts = [
-        nn.functional.interpolate(part.contiguous(memory_format=torch.channels_last), size=(side, side), mode="bilinear")
-        for part in frames.split(512, dim=1)
-    ]
-    return torch.cat(parts, dim=1).permute(0, 2, 3, 1).contiguous()
 
 
 @contextlib.contextmanager
@@ -407,111 +358,3 @@ def _onloaded(owner: nn.Module):
     finally:
         for h in reversed(hooks):
             h.post_forward(owner, None)
-
-
-def _splice(input_ids, attention_mask, labels, chunks, expected, frames_per_video, host, embed, padding_side) -> dict:
-    """Replace each video's placeholder run by its tokens, per sample in batch order, and re-pad the batch."""
-    device = input_ids.device
-    embeds = embed(input_ids)
-    valid = attention_mask.bool() if attention_mask is not None else torch.ones_like(input_ids, dtype=torch.bool)
-    video = 0
-    rows = []
-    for b in range(input_ids.shape[0]):
-        keep = valid[b].nonzero().squeeze(1)
-        ids = input_ids[b, keep]
-        lab = labels[b, keep] if labels is not None else None
-        pieces_e, pieces_id, pieces_lab = [], [], []
-        cursor = 0
-        for start, end in _runs(ids == host.video_token_id):
-            first, need = video, 0
-            if first == len(chunks):
-                raise ValueError(
-                    f"Sample {b} has a run of {end - start} video placeholder tokens but pixel_values_videos holds "
-                    f"only {len(chunks)} video(s) for the whole batch; pass one video per <video>, in order."
-                )
-            while need < end - start and video < len(chunks):
-                need += expected[video]
-                video += 1
-            if need != end - start:
-                raise ValueError(
-                    f"Sample {b} has a run of {end - start} video placeholder tokens, but pixel_values_videos' "
-                    f"video(s) {list(range(first, video))} with {frames_per_video[first:video]} frames expect "
-                    f"{expected[first:video]} tokens (frames x {host.tokens_per_frame} + 1 each); "
-                    f"{len(chunks)} videos for the whole batch. Build input_ids with the model's processor for "
-                    "these very videos (same frame count and resolution)."
-                )
-            pieces_e.append(embeds[b, keep[cursor:start]])
-            pieces_id.append(ids[cursor:start])
-            if lab is not None:
-                pieces_lab.append(lab[cursor:start])
-            for chunk in chunks[first:video]:
-                pieces_e.append(chunk.to(device=embeds.device, dtype=embeds.dtype))
-                pieces_id.append(torch.full((chunk.shape[0],), host.video_token_id, dtype=ids.dtype, device=device))
-                if lab is not None:
-                    pieces_lab.append(torch.full((chunk.shape[0],), IGNORE_INDEX, dtype=lab.dtype, device=device))
-            cursor = end
-        pieces_e.append(embeds[b, keep[cursor:]])
-        pieces_id.append(ids[cursor:])
-        if lab is not None:
-            pieces_lab.append(lab[cursor:])
-        rows.append((torch.cat(pieces_e), torch.cat(pieces_id), torch.cat(pieces_lab) if lab is not None else None))
-    if video != len(chunks):
-        raise ValueError(
-            f"pixel_values_videos holds {len(chunks)} videos but input_ids have video placeholder runs for only "
-            f"{video}; add one <video> per video to the prompts (the processor expands each into its run)."
-        )
-    return _pad_rows(rows, input_ids, attention_mask, labels, host, embed, padding_side)
-
-
-def _runs(flags: Tensor) -> list:
-    """`(start, end)` of each maximal run of True in a 1-D bool tensor."""
-    padded = torch.cat([flags.new_zeros(1), flags, flags.new_zeros(1)]).to(torch.int8)
-    edges = torch.diff(padded).nonzero().squeeze(1).tolist()
-    return list(zip(edges[0::2], edges[1::2]))
-
-
-def _pad_rows(rows, input_ids, attention_mask, labels, host, embed, padding_side) -> dict:
-    """Stack per-sample rows into a batch padded on `padding_side`, with a fresh attention mask."""
-    width = max(row[0].shape[0] for row in rows)
-    device = input_ids.device
-    pad_id = _pad_id(input_ids, attention_mask, host)
-    pad_embed = embed(torch.tensor([pad_id], device=device))[0]
-    mask_dtype = attention_mask.dtype if attention_mask is not None else torch.long
-    out_e, out_id, out_mask, out_lab = [], [], [], []
-    for emb, ids, lab in rows:
-        missing = width - ids.shape[0]
-        pad_e = pad_embed.to(emb.dtype).expand(missing, -1)
-        pad_i = torch.full((missing,), pad_id, dtype=ids.dtype, device=device)
-        ones = torch.ones(ids.shape[0], dtype=mask_dtype, device=device)
-        zeros = torch.zeros(missing, dtype=mask_dtype, device=device)
-        pad_l = torch.full((missing,), IGNORE_INDEX, dtype=ids.dtype, device=device)
-        order = (lambda real, pad: (pad, real)) if padding_side == "left" else (lambda real, pad: (real, pad))
-        out_e.append(torch.cat(order(emb, pad_e)))
-        out_id.append(torch.cat(order(ids, pad_i)))
-        out_mask.append(torch.cat(order(ones, zeros)))
-        if lab is not None:
-            out_lab.append(torch.cat(order(lab, pad_l.to(lab.dtype))))
-    result = {
-        "inputs_embeds": torch.stack(out_e),
-        "input_ids": torch.stack(out_id),
-        "attention_mask": torch.stack(out_mask),
-    }
-    if labels is not None:
-        result["labels"] = torch.stack(out_lab)
-    return result
-
-
-def _pad_id(input_ids: Tensor, attention_mask: Tensor | None, host: _Host) -> int:
-    """The caller's padding id when the batch has padding, else the config's."""
-    if attention_mask is not None:
-        padded = attention_mask == 0
-        if bool(padded.any()):
-            return int(input_ids[padded][0])
-    return host.pad_token_id
-
-
-@functools.lru_cache(maxsize=1)
-def _transformers_version() -> tuple:
-    import transformers
-
-    return tuple(int(part) for part in transformers.__version__.split(".")[:2])

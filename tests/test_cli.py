@@ -5,8 +5,6 @@ Few frames per clip keep this fast: the encoder costs about half a second per fr
 
 from __future__ import annotations
 
-import contextlib
-import io
 import json
 import math
 import os
@@ -18,20 +16,12 @@ import pytest
 from PIL import Image
 
 import media
-from dyntok_plugin.cli import main
+from cli_runner import run
 from dyntok_plugin.plots import merge_map_size
 
 FRAMES = 4
 GRID = 14
 THRESHOLDS = ("0.8", "0.9", "0.95")
-
-
-def run(argv: list) -> tuple:
-    """`main(argv)` in this process: (exit code, stdout, stderr)."""
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        code = main([str(a) for a in argv])
-    return code, out.getvalue(), err.getvalue()
 
 
 @pytest.fixture(scope="module")

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
-import io
 import json
 
 import pytest
@@ -11,20 +9,14 @@ import torch
 
 import hf_tiny
 import media
-from dyntok_plugin.cli import main
-from dyntok_plugin.encoders import SIGLIP_MEAN, SIGLIP_STD, frames_to_pixels, pool_2x2
+from cli_runner import run
+from dyntok_plugin.encoders import SIGLIP_MEAN, SIGLIP_STD, frames_to_pixels
+from dyntok_plugin.patches.hf_common import bilinear_pool
 from dyntok_plugin.video import load_video
 
 FRAMES = 3
 PROMPT = "what is happening in the video ?"
 NEW_TOKENS = 6
-
-
-def run(argv: list) -> tuple:
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        code = main([str(a) for a in argv])
-    return code, out.getvalue(), err.getvalue()
 
 
 @pytest.fixture(scope="module")
@@ -107,4 +99,4 @@ def test_pooling_matches_the_host_model(checkpoint):
     owner = model.model if hasattr(getattr(model, "model", None), "apply_pooling") else model
     grid = torch.randn(2, hf_tiny.GRID, hf_tiny.GRID, 5)
     host = owner.apply_pooling(grid.flatten(1, 2)).view(2, hf_tiny.POOLED, hf_tiny.POOLED, 5)
-    torch.testing.assert_close(pool_2x2(grid), host, rtol=0, atol=0)
+    torch.testing.assert_close(bilinear_pool(grid, hf_tiny.GRID), host, rtol=0, atol=0)

@@ -275,7 +275,7 @@ def test_deep_copy_runs_on_its_own_weights_and_settings():
 def test_fast_pooling_equals_the_host_pooling_at_real_size(dtype):
     from types import SimpleNamespace
 
-    from dyntok_plugin.patches import hf_llava_onevision as hf
+    from dyntok_plugin.patches.hf_common import bilinear_pool
     from transformers.models.llava_onevision import modeling_llava_onevision as host_module
 
     host_class = getattr(host_module, "LlavaOnevisionModel", host_module.LlavaOnevisionForConditionalGeneration)
@@ -284,7 +284,7 @@ def test_fast_pooling_equals_the_host_pooling_at_real_size(dtype):
     for channels in (896, 1152):  # LLM width of the 0.5B model, SigLIP width
         features = torch.randn(3, 27 * 27, channels).to(dtype)
         stock = host_class.apply_pooling(owner, features)
-        assert torch.equal(hf._bilinear_pool(features, 27).reshape(stock.shape), stock)
+        assert torch.equal(bilinear_pool(features, 27).reshape(stock.shape), stock)
 
 
 def test_a_host_with_another_pooling_is_followed():
