@@ -119,12 +119,6 @@ def unpatch(model: nn.Module) -> None:
         model.config.mm_newline_position = state.newline_position
 
 
-def compressor_of(model: nn.Module) -> Optional[DynTokCompressor]:
-    """The compressor a patched model uses (None when not patched)."""
-    state = model.__dict__.get(STATE_ATTRIBUTE)
-    return None if state is None else state.compressor
-
-
 def _hidden_size(model: nn.Module, inner: nn.Module) -> int:
     return int(getattr(model.config, "hidden_size", 0) or inner.embed_tokens.weight.shape[-1])
 
