@@ -199,11 +199,13 @@ class DynTokCompressor(nn.Module):
             similarity, frame_video, thresholds, None if capacity is None else capacity.to(device, non_blocking=True)
         )
 
-        unit_of_position, units_per_video, unit_end_rows = _marker_units(cfg.marker, frames_per_video, rows, cols, device)
+        video_last_row = (torch.cumsum(frame_counts, 0) * rows - 1).to(device, non_blocking=True)
+        unit_of_position, units_per_video, unit_end_rows = _marker_units(
+            cfg.marker, frames_per_video, rows, cols, frame_video, video_last_row
+        )
         groups_per_row = starts.sum(-1).flatten()
         groups_through_row = torch.cumsum(groups_per_row, 0)
-        frame_last_row = (torch.cumsum(frame_counts, 0) * rows - 1).to(device, non_blocking=True)
-        groups_through_video = groups_through_row[frame_last_row]
+        groups_through_video = groups_through_row[video_last_row]
         groups_per_video = torch.diff(groups_through_video, prepend=groups_through_video.new_zeros(1))
         lengths_device = groups_per_video + torch.tensor(units_per_video).to(device, non_blocking=True)
 
@@ -359,9 +361,12 @@ def _markers_per_video(marker: str, frames: int, rows: int) -> int:
     return {"row": frames * rows, "frame": frames, "video": 1, "none": 0}[marker]
 
 
-def _marker_units(marker: str, frames_per_video: Sequence[int], rows: int, cols: int, device: torch.device):
+def _marker_units(
+    marker: str, frames_per_video: Sequence[int], rows: int, cols: int, frame_video: Tensor, video_last_row: Tensor
+):
     """For the marker layout: the number of markers before each position, the markers per video, and the global
     row index that each marker closes (None when there are no markers)."""
+    device = frame_video.device
     total_frames = sum(frames_per_video)
     positions = torch.arange(total_frames * rows * cols, device=device)
     units_per_video = [_markers_per_video(marker, f, rows) for f in frames_per_video]
@@ -371,11 +376,7 @@ def _marker_units(marker: str, frames_per_video: Sequence[int], rows: int, cols:
         return positions // cols, units_per_video, torch.arange(total_frames * rows, device=device)
     if marker == "frame":
         return positions // (rows * cols), units_per_video, (torch.arange(total_frames, device=device) + 1) * rows - 1
-    frame_counts = torch.tensor(frames_per_video)
-    frame_video = torch.repeat_interleave(torch.arange(len(frames_per_video)), frame_counts)
-    frame_video = frame_video.to(device, non_blocking=True)
-    video_end_rows = (torch.cumsum(frame_counts, 0) * rows - 1).to(device, non_blocking=True)
-    return frame_video[positions // (rows * cols)], units_per_video, video_end_rows
+    return frame_video[positions // (rows * cols)], units_per_video, video_last_row
 
 
 def _accumulation_dtype(dtype: torch.dtype) -> torch.dtype:
