@@ -36,12 +36,20 @@ setup(
     long_description_content_type="text/markdown",
     license="Apache-2.0",
     python_requires=">=3.9",
-    packages=["dyntok_plugin", "dyntok_plugin.patches"],
+    packages=[
+        "dyntok_plugin",
+        "dyntok_plugin.core",
+        "dyntok_plugin.hf",
+        "dyntok_plugin.patches",
+        "dyntok_plugin.cli",
+        "dyntok_plugin.eval",
+        "dyntok_plugin.train",
+    ],
     package_dir={"dyntok_plugin": "dyntok_plugin", "dyntok_plugin.patches": "patches"},
     install_requires=["torch>=2.1", "transformers>=4.45,<6", "einops>=0.6"],
     extras_require=EXTRAS,
     entry_points={
         "console_scripts": ["dyntok=dyntok_plugin.cli:main"],
-        "lmms_eval.models": ["llava_onevision_dyntok = dyntok_plugin.eval_lmms:lmms_eval_manifest"],
+        "lmms_eval.models": ["llava_onevision_dyntok = dyntok_plugin.eval.lmms:lmms_eval_manifest"],
     },
 )

@@ -17,7 +17,8 @@ from pathlib import Path
 import torch
 
 from common import RESULTS_DIR, device_kind, device_name, median_seconds, print_table, write_results
-from dyntok_plugin import DynTokCompressor, DynTokConfig, triton_merge
+from dyntok_plugin import DynTokCompressor, DynTokConfig
+from dyntok_plugin.core import triton_merge
 
 
 def copy_bandwidth(numel: int, dtype: torch.dtype, device: torch.device) -> float:

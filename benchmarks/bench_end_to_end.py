@@ -50,7 +50,8 @@ from torch import Tensor, nn
 
 from common import RESULTS_DIR, device_kind, device_name, median_seconds, print_table, write_results
 from dyntok_plugin import DynTokCompressor, DynTokConfig, patch_llava, unpatch_llava
-from dyntok_plugin.patches.hf_common import bilinear_pool
+from dyntok_plugin.hf import bilinear_pool, pooled_side
+from dyntok_plugin.hf.parts import vision_owner
 
 RANDOM_WEIGHTS_NOTE = (
     "Random weights: similarities are meaningless, so DynTok runs with a fixed budget (threshold=None, "
@@ -115,12 +116,6 @@ def build_model(config, dtype: torch.dtype, device: torch.device) -> nn.Module:
     return model.eval()
 
 
-def owner_of(model: nn.Module) -> nn.Module:
-    """The module that holds the vision tower (`model.model` from transformers 4.52)."""
-    inner = getattr(model, "model", None)
-    return inner if hasattr(inner, "vision_tower") else model
-
-
 @dataclass
 class Case:
     """One benchmark input: a prompt with one video of `frames` frames."""
@@ -139,7 +134,7 @@ class Case:
 def make_case(config, frames: int, dtype: torch.dtype, device: torch.device, text_ids: tuple) -> Case:
     """Hand-built `input_ids` (text, `F*h*w + 1` video placeholders, text) and random normalised pixels."""
     vision = config.vision_config
-    pooled = math.ceil(vision.image_size // vision.patch_size / 2) ** 2
+    pooled = pooled_side(config) ** 2
     video_length = frames * pooled + 1
     gen = torch.Generator().manual_seed(frames)
     low, high = text_ids
@@ -206,7 +201,7 @@ def video_generate(model: nn.Module, case: Case, new_tokens: int, timer: Optiona
 def stock_video_features(model: nn.Module, pixels: Tensor) -> Tensor:
     """The stock `get_video_features` (tower, projector, pooling) as `(rows, D)`; pixels passed positionally."""
     config = model.config
-    out = owner_of(model).get_video_features(
+    out = vision_owner(model).get_video_features(
         pixels,
         vision_feature_layer=config.vision_feature_layer,
         vision_feature_select_strategy=config.vision_feature_select_strategy,
@@ -278,7 +273,7 @@ def breakdown(model: nn.Module, case: Case, video_tokens: int, ratio: float, tim
     features together; `prefill` is `generate(inputs_embeds=..., max_new_tokens=1)` on the compressed sequence,
     already embedded; `ideal_sequential` = stock vision + that prefill, timed apart.
     """
-    owner = owner_of(model)
+    owner = vision_owner(model)
     frames = case.pixels[0]
     layer = model.config.vision_feature_layer
     fast = channels_last_pooling(owner)
@@ -328,7 +323,7 @@ def profile_dyntok(model: nn.Module, case: Case, args) -> dict:
 
 def vision_memory(model: nn.Module, case: Case) -> dict:
     """Peak GB of the tower with `output_hidden_states=True` versus a hook keeping only the last layer's output."""
-    owner, device = owner_of(model), case.pixels.device
+    owner, device = vision_owner(model), case.pixels.device
     frames = case.pixels[0]
     layers = next(module for name, module in owner.vision_tower.named_modules() if name.endswith("encoder.layers"))
     peaks = {}
@@ -353,7 +348,7 @@ def vision_memory(model: nn.Module, case: Case) -> dict:
 
 def channels_last_pooling(owner: nn.Module) -> Callable[[Tensor], Tensor]:
     """The host's `apply_pooling` interface (`(frames, g*g, C)` -> `(frames, h*w, C)`) on the patch's
-    channels-last bilinear pooling (`hf_common.bilinear_pool`).
+    channels-last bilinear pooling (`dyntok_plugin.hf.bilinear_pool`).
 
     The host makes the `(frames, C, g, g)` tensor contiguous first, which sends `interpolate` to the NCHW CUDA
     kernel; that kernel parallelises over the 14x14 output positions only and loops over frames and channels.
@@ -372,7 +367,7 @@ def channels_last_pooling(owner: nn.Module) -> Callable[[Tensor], Tensor]:
 @contextlib.contextmanager
 def host_pooling_replaced(model: nn.Module):
     """Within the block, this instance's `apply_pooling` is `channels_last_pooling` (stock and patched alike)."""
-    owner = owner_of(model)
+    owner = vision_owner(model)
     owner.apply_pooling = channels_last_pooling(owner)
     try:
         yield
@@ -382,7 +377,7 @@ def host_pooling_replaced(model: nn.Module):
 
 def pooling_experiment(model: nn.Module, config, args, dtype, device, timing: Timing) -> dict:
     """Is channels-last pooling bit-identical to the host's, how much faster, and what it does to TTFT."""
-    owner = owner_of(model)
+    owner = vision_owner(model)
     vision = config.vision_config
     tokens = (vision.image_size // vision.patch_size) ** 2
     frames = args.profile or max(args.frames)
@@ -445,7 +440,7 @@ class Marks:
 def marked(model: nn.Module, marks: Marks):
     """Hooks marking the vision tower and the language model's prefill; `DynTokCompressor.compress_batch` is
     wrapped for the block (benchmark instrumentation only; restored on exit)."""
-    owner = owner_of(model)
+    owner = vision_owner(model)
     handles = []
     for name, module in (("tower", owner.vision_tower), ("prefill", owner.language_model)):
         handles.append(module.register_forward_pre_hook(lambda m, a, name=name: marks(f"{name}_start")))

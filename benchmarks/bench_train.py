@@ -37,9 +37,11 @@ import torch
 from tqdm import tqdm
 
 from common import (
-    LLAVA_OV_05B, RESULTS_DIR, device_kind, device_name, print_table, tests_on_path, timed_runs, write_results,
+    LLAVA_OV_05B, RESULTS_DIR, device_kind, device_name, print_table, timed_runs, write_results,
 )
 from dyntok_plugin import patch_llava
+from dyntok_plugin.hf.common import pooled_grid
+from dyntok_plugin.train import set_trainable
 
 CLIP = Path(__file__).resolve().parents[1] / "assets" / "city_cc0.mp4"
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)  # OpenAI CLIP normalisation, as the LLaVA-OV processor uses
@@ -99,7 +101,7 @@ def make_batch(model, pixels: torch.Tensor, batch: int, device: torch.device) ->
     """Ids `[text, video placeholders, text, answer]` with labels on the answer only, for `batch` copies."""
     config = model.config
     grid = config.vision_config.image_size // config.vision_config.patch_size
-    placeholders = pixels.shape[0] * ((grid + 1) // 2) ** 2 + 1
+    placeholders = pixels.shape[0] * pooled_grid(grid) ** 2 + 1
     gen = torch.Generator().manual_seed(0)
     vocab = config.text_config.vocab_size
 
@@ -116,14 +118,6 @@ def make_batch(model, pixels: torch.Tensor, batch: int, device: torch.device) ->
         "labels": labels.to(device),
         "pixel_values_videos": pixels.unsqueeze(0).repeat(batch, 1, 1, 1, 1).to(device),
     }
-
-
-def set_trainable(model, parts: list) -> None:
-    """Train the chosen parts (`projector`, `marker`, `llm`, `vision`), as examples/finetune_hf.py does."""
-    tests_on_path()
-    import finetune_utils
-
-    finetune_utils.finetune_module().set_trainable(model, parts)
 
 
 def count_llm_tokens(model) -> tuple:
@@ -189,7 +183,7 @@ def bench_one(args, device: torch.device, frames: int, name: str, settings: Opti
     row.update(
         status="ok",
         tokens_per_step=seen[-1],
-        video_tokens=stats[0].tokens_out if stats else frames * ((grid + 1) // 2) ** 2 + 1,
+        video_tokens=stats[0].tokens_out if stats else frames * pooled_grid(grid) ** 2 + 1,
         s_per_step=seconds,
         steps_per_s=1.0 / seconds,
         step_times=times,

@@ -5,32 +5,17 @@ from __future__ import annotations
 import json
 import platform
 import statistics
-import sys
 import time
 from pathlib import Path
 from typing import Callable
 
 import torch
 
+from dyntok_plugin.hf import synthetic
+
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
-TESTS_DIR = Path(__file__).resolve().parents[1] / "tests"
-
-# llava-onevision-qwen2-0.5b-ov (HF conversion): SigLIP-so400m/14-384, last layer dropped, "full"; Qwen2-0.5B.
-LLAVA_OV_05B = dict(
-    vision=dict(model_type="siglip_vision_model", image_size=384, patch_size=14, hidden_size=1152,
-                intermediate_size=4304, num_hidden_layers=26, num_attention_heads=16, layer_norm_eps=1e-6,
-                vision_use_head=False),
-    text=dict(model_type="qwen2", vocab_size=151936, hidden_size=896, intermediate_size=4864,
-              num_hidden_layers=24, num_attention_heads=14, num_key_value_heads=2, max_position_embeddings=32768,
-              rope_theta=1000000.0, tie_word_embeddings=True, rms_norm_eps=1e-6),
-)
-
-
-def tests_on_path() -> None:
-    """Make tests/ importable: its offline tiny checkpoints and `finetune_utils.finetune_module()` (the loader of
-    examples/finetune_hf.py) serve the training benchmarks too."""
-    if str(TESTS_DIR) not in sys.path:
-        sys.path.insert(0, str(TESTS_DIR))
+# llava-onevision-qwen2-0.5b-ov sizes (HF conversion), random weights: defined once, in the package.
+LLAVA_OV_05B = synthetic.LLAVA_OV_05B
 
 
 def timed_runs(fn: Callable[[], object], device: torch.device, warmup: int = 3, repeats: int = 10) -> list:

@@ -11,12 +11,12 @@
    model, hidden 896, 24 layers, 14 heads, 2 KV heads, intermediate 4864, vocabulary 151936 with tied embeddings;
    SigLIP-so400m/14 at 384 px, 26 layers, "full" features, as in llava-onevision-qwen2-0.5b-ov; `--vision-layers`
    shortens the tower), saves it with a `LlavaOnevisionProcessor` at the tower's resolution and the offline
-   word-level tokenizer and chat template of `tests/hf_tiny.py`, and writes a JSONL of the fine-tuning tests'
-   questions and answers on the bundled clip (`tests/finetune_utils.py`), every record with `--frames` frames.
-2. One launch per variant of `examples/finetune_hf.py`'s own `train()` (through the `worker` sub-command, which
-   only adds measurement hooks): `dyntok` (threshold 0.7 at inference, τ ~ U(0.6, 0.9) per video in training)
-   and `stock` (the same script, with `unpatch_llava` right after its `setup_model`, so the stock LLaVA-OV
-   layout: all F·14·14 + 1 video tokens). GPUs: `accelerate launch --config_file examples/accelerate/fsdp.yaml
+   word-level tokenizer and chat template of `dyntok_plugin.hf.synthetic`, and writes a JSONL of its questions
+   and answers on the bundled clip, every record with `--frames` frames.
+2. One launch per variant of `dyntok_plugin.train.finetune.train()` (what `examples/finetune_hf.py` runs; the
+   `worker` sub-command only adds measurement hooks through its `prepare_model` and `callbacks` arguments):
+   `dyntok` (threshold 0.7 at inference, τ ~ U(0.6, 0.9) per video in training) and `stock` (the same recipe,
+   with `unpatch_llava` before training, so the stock LLaVA-OV layout: all F·14·14 + 1 video tokens). GPUs: `accelerate launch --config_file examples/accelerate/fsdp.yaml
    --num_processes N`; CPU: `torchrun --nproc_per_node N ... --cpu` (accelerate ignores FSDP on a CPU, so the CPU
    check runs the script's DDP/gloo path).
 3. For `dyntok`, after training and `save_for_inference`: the trained (sharded) model's eval logits on the whole
@@ -46,16 +46,17 @@ import time
 from pathlib import Path
 from typing import Any, Optional
 
-from common import LLAVA_OV_05B, TESTS_DIR, tests_on_path
+from common import LLAVA_OV_05B
 
 REPO = Path(__file__).resolve().parents[1]
 FSDP_YAML = REPO / "examples" / "accelerate" / "fsdp.yaml"
+CLIP = REPO / "assets" / "city_cc0.mp4"
 
-# llava-onevision-qwen2-0.5b-ov sizes (HF conversion), random weights. The tokenizer is tests/hf_tiny.py's
+# llava-onevision-qwen2-0.5b-ov sizes (HF conversion), random weights. The tokenizer is the synthetic
 # word-level one (128 ids); the embedding keeps Qwen2's 151936 rows so the LM head costs what it costs.
 SIZES = {
     "0.5b": dict(**LLAVA_OV_05B, tie_word_embeddings=True),
-    "tiny": dict(vision={}, text={}, tie_word_embeddings=False),  # tests/hf_tiny.py as it is (32 px, 8x8 grid)
+    "tiny": dict(vision={}, text={}, tie_word_embeddings=False),  # the synthetic tiny size (32 px, 8x8 grid)
 }
 NCCL_SAFETY = {"NCCL_NVLS_ENABLE": "0", "TORCH_SYMM_MEM_DISABLE_MULTICAST": "1", "NVSHMEM_DISABLE_NVLS": "1"}
 
@@ -63,59 +64,27 @@ NCCL_SAFETY = {"NCCL_NVLS_ENABLE": "0", "TORCH_SYMM_MEM_DISABLE_MULTICAST": "1",
 # ------------------------------------------------------------------------------------------------ prepare
 
 
-def build_processor(image_size: int, patch_size: int):
-    """`LlavaOnevisionProcessor` at the tower's resolution with tests/hf_tiny.py's offline tokenizer and template."""
-    tests_on_path()
-    import hf_tiny
-    from transformers import LlavaOnevisionImageProcessor, LlavaOnevisionProcessor, LlavaOnevisionVideoProcessor
-
-    size = {"height": image_size, "width": image_size}
-    grid = image_size // patch_size
-    return LlavaOnevisionProcessor(
-        image_processor=LlavaOnevisionImageProcessor(size=size, image_grid_pinpoints=[[image_size] * 2]),
-        video_processor=LlavaOnevisionVideoProcessor(size=size),
-        tokenizer=hf_tiny.build_tokenizer(),
-        num_image_tokens=grid * grid,
-        vision_feature_select_strategy="full",
-        chat_template=hf_tiny.CHAT_TEMPLATE,
-    )
-
-
 def prepare(work: Path, size: str, frames: int, vision_layers: Optional[int], device: str) -> dict:
     """Write `work/checkpoint` (random model + processor + tokenizer) and `work/data/train.jsonl`."""
-    import torch
-
-    tests_on_path()
-    import finetune_utils as fu
-    import hf_tiny
-    from transformers import LlavaOnevisionForConditionalGeneration
+    from dyntok_plugin.hf import synthetic
 
     spec = SIZES[size]
     vision = dict(spec["vision"])
     if vision_layers:
         vision["num_hidden_layers"] = vision_layers
-    overrides: dict[str, Any] = {"vision_config": vision, "text_config": dict(spec["text"])}
-    if vision.get("image_size"):
-        overrides["image_grid_pinpoints"] = [[vision["image_size"]] * 2]
-    if spec["tie_word_embeddings"]:
-        overrides["tie_word_embeddings"] = True
-    config = hf_tiny.tiny_config(**overrides)
+    overrides: dict[str, Any] = {"tie_word_embeddings": True} if spec["tie_word_embeddings"] else {}
+    config = synthetic.llava_onevision_config(vision, dict(spec["text"]), **overrides)
     config._attn_implementation = "sdpa"
     begin = time.perf_counter()
-    torch.manual_seed(0)
-    with torch.device(device):
-        model = LlavaOnevisionForConditionalGeneration(config)
-    with torch.no_grad():
-        newline = model.model.image_newline
-        newline.copy_(torch.randn_like(newline))
+    model = synthetic.random_llava_onevision(config, seed=0, device=device)
     params = sum(p.numel() for p in model.parameters())
     checkpoint = work / "checkpoint"
     model.save_pretrained(checkpoint)
     del model
-    hf_tiny.build_tokenizer().save_pretrained(checkpoint)
+    synthetic.build_tokenizer().save_pretrained(checkpoint)
     vcfg = config.vision_config
-    build_processor(vcfg.image_size, vcfg.patch_size).save_pretrained(checkpoint)
-    data = fu.write_dataset(work / "data", frame_counts=(frames,) * len(fu.QA_PAIRS))
+    synthetic.build_processor(vcfg.image_size, vcfg.patch_size).save_pretrained(checkpoint)
+    data = synthetic.write_qa_dataset(work / "data", CLIP, (frames,) * len(synthetic.QA_PAIRS))
     return {"checkpoint": str(checkpoint), "data": str(data), "parameters": params,
             "vision": vcfg.to_dict() if hasattr(vcfg, "to_dict") else str(vcfg),
             "text_layers": config.text_config.num_hidden_layers, "vocab_size": config.text_config.vocab_size,
@@ -126,29 +95,24 @@ def prepare(work: Path, size: str, frames: int, vision_layers: Optional[int], de
 
 
 def worker(args: argparse.Namespace, finetune_argv: list) -> None:
-    """Run `finetune_hf.train(finetune_argv)` with measurement hooks; write this rank's metrics to args.metrics."""
+    """Run `dyntok_plugin.train.finetune.train(finetune_argv)` with measurement hooks; write this rank's metrics to
+    args.metrics."""
     import torch
     from transformers import TrainerCallback
 
     from dyntok_plugin import unpatch_llava
-
-    tests_on_path()
-    import finetune_utils
-
-    fh = finetune_utils.finetune_module()
+    from dyntok_plugin.train import host_parts
+    from dyntok_plugin.train.finetune import train
     rank = int(os.environ.get("RANK", "0"))
     metrics: dict[str, Any] = {"rank": rank, "variant": args.variant, "steps": []}
     seen: list = []
     holder: dict[str, Any] = {}
     cuda = torch.cuda.is_available() and "--cpu" not in finetune_argv
 
-    original_setup, original_build = fh.setup_model, fh.build_trainer
-
-    def setup_model(*a, **k):
-        model = original_setup(*a, **k)
+    def prepare_model(model):
         if args.variant == "stock":
             unpatch_llava(model)  # stock LLaVA-OV forward; requires_grad choices stay
-        llm = fh.host_parts(model)["llm"][0]
+        llm = host_parts(model)["llm"][0]
 
         def hook(_module, hook_args, kwargs):
             given = kwargs.get("inputs_embeds")
@@ -193,14 +157,8 @@ def worker(args: argparse.Namespace, finetune_argv: list) -> None:
                 metrics["peak_allocated_gb"] = torch.cuda.max_memory_allocated() / 1e9
                 metrics["peak_reserved_gb"] = torch.cuda.max_memory_reserved() / 1e9
 
-    def build_trainer(*a, **k):
-        trainer = original_build(*a, **k)
-        trainer.add_callback(Meter())
-        return trainer
-
-    fh.setup_model, fh.build_trainer = setup_model, build_trainer
     begin = time.perf_counter()
-    trainer, _processor, dataset, out = fh.train(finetune_argv)
+    trainer, _processor, dataset, out = train(finetune_argv, prepare_model=prepare_model, callbacks=[Meter()])
     metrics["train_and_save_s"] = time.perf_counter() - begin
     metrics["device"] = torch.cuda.get_device_name() if cuda else "cpu"
     metrics["world_size"] = int(os.environ.get("WORLD_SIZE", "1"))
@@ -210,7 +168,7 @@ def worker(args: argparse.Namespace, finetune_argv: list) -> None:
     if trainer.is_world_process_zero():
         metrics["log_history"] = trainer.state.log_history
     if args.variant == "dyntok":
-        metrics["reload"] = check_reload(fh, trainer, dataset, Path(out), cuda)
+        metrics["reload"] = check_reload(trainer, dataset, Path(out), cuda)
     Path(args.metrics).write_text(json.dumps(metrics, indent=1, default=str))
     trainer.accelerator.wait_for_everyone()
 
@@ -220,18 +178,20 @@ def _param_dtype_note(model) -> str:
     return ",".join(dtypes)
 
 
-def check_reload(fh, trainer, dataset, out: Path, cuda: bool) -> dict:
+def check_reload(trainer, dataset, out: Path, cuda: bool) -> dict:
     """Trained model's eval logits and full weights (all ranks, collective) vs `load_for_inference(out)` (rank 0)."""
     import torch
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
+    from dyntok_plugin.train import VideoQACollator, host_parts, load_for_inference
+
     result: dict[str, Any] = {}
     device = torch.device("cuda", torch.cuda.current_device()) if cuda else torch.device("cpu")
     examples = [dataset[i] for i in range(len(dataset))]
-    batch = fh.VideoQACollator(dataset.processor.tokenizer.pad_token_id)(examples)
+    batch = VideoQACollator(dataset.processor.tokenizer.pad_token_id)(examples)
     batch = {k: v.to(device) if torch.is_tensor(v) else [t.to(device) for t in v] for k, v in batch.items()}
     model = trainer.model_wrapped
-    base = fh.host_parts(trainer.model)
+    base = host_parts(trainer.model)
     embed = base["llm"][0].get_input_embeddings().weight
     head = base["llm"][1].weight if len(base["llm"]) > 1 else None
     result["lm_head_tied_to_embeddings_after_training"] = head is not None and head is embed
@@ -248,7 +208,7 @@ def check_reload(fh, trainer, dataset, out: Path, cuda: bool) -> dict:
     if not trainer.is_world_process_zero():
         return result
     begin = time.perf_counter()
-    reloaded = fh.load_for_inference(out).to(device)
+    reloaded = load_for_inference(out).to(device)
     result["reload_s"] = time.perf_counter() - begin
     result["reloaded_dyntok"] = {k: v for k, v in reloaded.config.dyntok.items()}
     with torch.no_grad():
@@ -327,7 +287,7 @@ def launch(args, variant: str, prep: dict, work: Path, timeout: float, config: O
                    "--master_port", port] + worker_args
     env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", TOKENIZERS_PARALLELISM="false",
                PYTHONUNBUFFERED="1", **NCCL_SAFETY)
-    env["PYTHONPATH"] = os.pathsep.join(p for p in [env.get("PYTHONPATH", ""), str(REPO), str(TESTS_DIR)] if p)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in [env.get("PYTHONPATH", ""), str(REPO)] if p)
     if args.cpu:
         env["OMP_NUM_THREADS"] = "1"
     log_path = Path(args.out_dir) / f"{variant}{tag}.log"

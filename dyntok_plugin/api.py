@@ -8,8 +8,8 @@ from typing import Any, Optional
 
 from torch import nn
 
-from .config import DynTokConfig
-from .errors import UnsupportedModelError
+from .core.config import DynTokConfig
+from .core.errors import UnsupportedModelError
 
 HOST_MODULES = ("dyntok_plugin.patches.hf_llava_onevision", "dyntok_plugin.patches.llava_next")
 CONFIG_ATTRIBUTE = "dyntok"
@@ -131,3 +131,7 @@ def _resolve_config(
         return model.__dict__[CONFIG_ATTRIBUTE]
     saved = getattr(getattr(model, "config", None), CONFIG_ATTRIBUTE, None)
     return DynTokConfig.from_dict(dict(saved)) if isinstance(saved, dict) else DynTokConfig()
+
+
+patch_model = patch_llava  # a neutral name for hosts that are not LLaVA (same function)
+unpatch_model = unpatch_llava

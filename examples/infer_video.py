@@ -6,7 +6,7 @@
 `--model` is a hub id or a local folder. Frames are decoded with PyAV and sampled uniformly over the whole video,
 as LLaVA-OneVision does (`dyntok_plugin.video.load_video`). The prompt and pixels come from the checkpoint's
 processor when it loads (transformers 5.x needs torchvision for the video processor); otherwise from its
-tokenizer, a LLaVA-OneVision chat prompt and the processor's preprocessing as `dyntok_plugin.processing` does it
+tokenizer, a LLaVA-OneVision chat prompt and the processor's preprocessing as `dyntok_plugin.hf.processing` does it
 (antialiased bicubic resize to the tower's size, `image_mean`/`image_std` from the checkpoint's preprocessor
 config, else SigLIP's 0.5/0.5). `--no-dyntok` runs the stock model for comparison; `--json` prints one JSON
 object instead of text.
@@ -24,9 +24,10 @@ import numpy as np
 import torch
 
 from dyntok_plugin import patch_llava
-from dyntok_plugin.checkpoints import dtype_argument, image_normalisation
-from dyntok_plugin.processing import frames_to_pixels, user_turn, video_prompt_ids, video_token_id
-from dyntok_plugin.stats import summarize
+from dyntok_plugin.core.config import MARKERS
+from dyntok_plugin.hf.checkpoints import dtype_argument, image_normalisation
+from dyntok_plugin.hf.processing import frames_to_pixels, user_turn, video_prompt_ids, video_token_id
+from dyntok_plugin.core.stats import summarize
 from dyntok_plugin.video import load_video
 
 logger = logging.getLogger("infer_video")
@@ -41,7 +42,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--question", default="What is happening in the video?")
     parser.add_argument("--num-frames", type=int, default=32, help="frames sampled uniformly (LLaVA-OV: 32)")
     parser.add_argument("--threshold", type=float, default=0.7, help="DynTok similarity threshold")
-    parser.add_argument("--marker", default="row", choices=["row", "frame", "video", "none"])
+    parser.add_argument("--marker", default="row", choices=MARKERS)
     parser.add_argument("--no-dyntok", action="store_true", help="run the stock model (no compression)")
     parser.add_argument("--max-new-tokens", type=int, default=64)
     parser.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"])

@@ -6,7 +6,7 @@ module wraps the instance's `forward` and `generate` (`functools.wraps`, so `gen
 the original signature): when `pixel_values_videos` is given, the wrappers compute the video tokens themselves
 (vision tower -> feature layer and select strategy -> projector -> the host's video pooling -> DynTok, with the
 pooled pre-projector features as similarity features and the host's `image_newline` as marker), splice
-them into each sample's placeholder runs and re-pad (`_hf_splice`: `input_ids`, `attention_mask`, `labels` with
+them into each sample's placeholder runs and re-pad (`dyntok_plugin.hf.splice`: `input_ids`, `attention_mask`, `labels` with
 visual positions -100), rebuild `position_ids`/`cache_position` when given, and call the original with
 `inputs_embeds`.
 Calls without videos (decode steps included) go to the original untouched.
@@ -32,10 +32,10 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from dyntok_plugin.compressor import DynTokCompressor
-from dyntok_plugin.config import DynTokConfig
-from dyntok_plugin.patches._hf_splice import splice
-from dyntok_plugin.patches.hf_common import bilinear_pool, transformers_version, video_token_id, vision_features
+from dyntok_plugin.core import DynTokCompressor, DynTokConfig
+from dyntok_plugin.hf import bilinear_pool, splice, transformers_version, video_token_id, vision_features
+from dyntok_plugin.hf.common import pooled_grid
+from dyntok_plugin.hf.parts import VISION_PARTS, vision_owner
 
 SUPPORTED_CLASSES = ("transformers.LlavaOnevisionForConditionalGeneration",)
 STATE_ATTRIBUTE = "_dyntok_hf_state"
@@ -128,9 +128,8 @@ def unpatch(model: nn.Module) -> None:
 
 
 def _find_host(model: nn.Module) -> _Host:
-    needed = ("vision_tower", "multi_modal_projector", "image_newline", "apply_pooling")
-    candidates = (getattr(model, "model", None), model)  # split layout (>= 4.52) first, then the flat one
-    owner = next((obj for obj in candidates if obj is not None and all(hasattr(obj, n) for n in needed)), None)
+    needed = (*VISION_PARTS, "image_newline", "apply_pooling")
+    owner = vision_owner(model, needed)
     if owner is None:
         raise TypeError(
             f"{type(model).__name__} lacks the LLaVA-OneVision parts {list(needed)} (on the model or on model.model); "
@@ -142,7 +141,7 @@ def _find_host(model: nn.Module) -> _Host:
     pad = getattr(text_config, "pad_token_id", None) if pad is None else pad
     vision = config.vision_config
     grid = vision.image_size // vision.patch_size
-    pooled = math.ceil(grid / 2)
+    pooled = pooled_grid(grid)
     return _Host(
         owner=owner,
         video_token_id=video_token_id(config),

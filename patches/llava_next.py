@@ -27,8 +27,7 @@ from typing import Any, Callable, Optional
 import torch
 from torch import Tensor, nn
 
-from dyntok_plugin.compressor import DynTokCompressor
-from dyntok_plugin.config import DynTokConfig
+from dyntok_plugin.core import DynTokCompressor, DynTokConfig
 
 logger = logging.getLogger(__name__)
 

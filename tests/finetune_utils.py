@@ -8,8 +8,6 @@ pooling, 16 tokens per frame) saved together with a `LlavaOnevisionProcessor` (i
 
 from __future__ import annotations
 
-import importlib.util
-import json
 import os
 import socket
 import sys
@@ -19,34 +17,19 @@ from typing import Union
 import torch
 
 import hf_tiny
+from dyntok_plugin.hf import synthetic
+from dyntok_plugin.train import VideoQACollator
+from dyntok_plugin.train.finetune import train
 
 REPO = Path(__file__).resolve().parents[1]
 CLIP = REPO / "assets" / "city_cc0.mp4"
-FINETUNE_SCRIPT = REPO / "examples" / "finetune_hf.py"
 
-# Questions and answers in the tiny tokenizer's vocabulary (w<i> are ordinary word ids).
-QA_PAIRS = (
-    ("what is happening in the video ?", "w40 w41 w42 ."),
-    ("what is in the video ?", "w50 w51 ."),
-    ("what is happening ?", "w60 w61 w62 w63 ."),
-    ("what is the video ?", "w70 ."),
-)
 FRAME_COUNTS = (4, 2, 3, 4)
 
 
 def build_processor(chat_template: str = hf_tiny.CHAT_TEMPLATE):
     """A `LlavaOnevisionProcessor` sized for the tiny model: 32 px frames, 64 patch tokens per image."""
-    from transformers import LlavaOnevisionImageProcessor, LlavaOnevisionProcessor, LlavaOnevisionVideoProcessor
-
-    size = {"height": hf_tiny.IMAGE_SIZE, "width": hf_tiny.IMAGE_SIZE}
-    return LlavaOnevisionProcessor(
-        image_processor=LlavaOnevisionImageProcessor(size=size, image_grid_pinpoints=[[hf_tiny.IMAGE_SIZE] * 2]),
-        video_processor=LlavaOnevisionVideoProcessor(size=size),
-        tokenizer=hf_tiny.build_tokenizer(),
-        num_image_tokens=hf_tiny.GRID * hf_tiny.GRID,
-        vision_feature_select_strategy="full",
-        chat_template=chat_template,
-    )
+    return synthetic.build_processor(hf_tiny.IMAGE_SIZE, hf_tiny.PATCH_SIZE, chat_template)
 
 
 def save_checkpoint(folder: Union[str, Path], seed: int = 0) -> Path:
@@ -58,29 +41,8 @@ def save_checkpoint(folder: Union[str, Path], seed: int = 0) -> Path:
 
 
 def write_dataset(folder: Union[str, Path], frame_counts=FRAME_COUNTS) -> Path:
-    """A JSONL of QA_PAIRS on the bundled clip, one frame count per line, with the clip copied beside it."""
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    video = folder / CLIP.name
-    if not video.exists():
-        video.write_bytes(CLIP.read_bytes())
-    lines = [
-        json.dumps({"video": video.name, "question": q, "answer": a, "num_frames": f})
-        for (q, a), f in zip(QA_PAIRS, frame_counts)
-    ]
-    path = folder / "train.jsonl"
-    path.write_text("\n".join(lines) + "\n")
-    return path
-
-
-def finetune_module():
-    """`examples/finetune_hf.py` imported as the module `finetune_hf` (examples/ is not a package)."""
-    if "finetune_hf" not in sys.modules:
-        spec = importlib.util.spec_from_file_location("finetune_hf", FINETUNE_SCRIPT)
-        module = importlib.util.module_from_spec(spec)
-        sys.modules["finetune_hf"] = module
-        spec.loader.exec_module(module)
-    return sys.modules["finetune_hf"]
+    """A JSONL of the synthetic QA pairs on the bundled clip, one frame count per line, with the clip beside it."""
+    return synthetic.write_qa_dataset(folder, CLIP, frame_counts)
 
 
 def free_port() -> int:
@@ -106,8 +68,7 @@ def logits_on(model, batch: dict) -> torch.Tensor:
 
 def eval_batch(dataset) -> dict:
     """Every example of `dataset` in one right-padded batch (mixed frame counts go as a list of videos)."""
-    fh = finetune_module()
-    return fh.VideoQACollator(dataset.processor.tokenizer.pad_token_id)([dataset[i] for i in range(len(dataset))])
+    return VideoQACollator(dataset.processor.tokenizer.pad_token_id)([dataset[i] for i in range(len(dataset))])
 
 
 def train_and_record(argv) -> None:
@@ -117,7 +78,7 @@ def train_and_record(argv) -> None:
     Every rank computes them through the wrapped model (DDP or the DeepSpeed engine: ZeRO-3 gathers collectively);
     rank 0 saves them.
     """
-    trainer, _, dataset, out = finetune_module().train(argv)
+    trainer, _, dataset, out = train(argv)
     logits = logits_on(trainer.model_wrapped, eval_batch(dataset))
     if int(os.environ.get("RANK", "0")) == 0:
         torch.save(logits, Path(out) / "trained_logits.pt")

@@ -1,18 +1,17 @@
 """Tiny random Hugging Face LLaVA-OneVision models and hand-built inputs for CPU tests.
 
-Nothing here downloads anything. The configuration follows the notes' tiny setup: SigLIP at 32 px with
-4 px patches gives an 8x8 grid, pooled 2x2 to 4x4, so a video of F frames takes ``F * 16 + 1`` placeholder
-tokens (pooled grid plus the stock trailing ``image_newline``). Real-size values (SigLIP-so400m at 384 px,
-Qwen2-7B) are noted next to each field.
+Nothing here downloads anything. SigLIP at 32 px with 4 px patches gives an 8x8 grid, pooled 2x2 to 4x4, so a
+video of F frames takes `F * 16 + 1` placeholder tokens (pooled grid plus the stock trailing `image_newline`).
 
-Stable helpers (other engineers' tests use them):
+The model, tokenizer and chat template come from the package (`dyntok_plugin.hf.synthetic`); this module adds
+what only tests need:
 
-- :func:`tiny_config` / :func:`build_tiny_llava_onevision` -- config and seeded random model (eval mode).
-- :func:`video_tokens` / :func:`image_tokens` -- placeholder run lengths for this config.
-- :func:`sample_ids` -- one sample's ids from text pieces, ``("video", F)`` and ``("image", 1)`` parts.
-- :func:`pad_batch` -- left or right padding with an attention mask (and ``-100`` label padding).
-- :func:`random_videos` / :func:`random_images` -- seeded pixel tensors shaped as the processor makes them.
-- :func:`save_tiny_checkpoint` -- a tiny model plus an offline tokenizer with a chat template, in a folder.
+- `tiny_config` / `build_tiny_llava_onevision`: config and seeded random model (eval mode).
+- `video_tokens` / `image_tokens`: placeholder run lengths for this config.
+- `sample_ids`: one sample's ids from text pieces, `("video", F)` and `("image", 1)` parts.
+- `pad_batch`: left or right padding with an attention mask (and `-100` label padding).
+- `random_videos` / `random_images`: seeded pixel tensors shaped as the processor makes them.
+- `save_tiny_checkpoint`: a tiny model plus an offline tokenizer with a chat template, in a folder.
 """
 
 from __future__ import annotations
@@ -23,81 +22,43 @@ from pathlib import Path
 
 import torch
 
-PAD_ID = 0
-IMAGE_ID = 2
-VIDEO_ID = 3
-EOS_ID = 4
-FIRST_TEXT_ID = 5
-VOCAB_SIZE = 128
-IMAGE_SIZE = 32  # 384 for SigLIP-so400m
-PATCH_SIZE = 4  # 14 for SigLIP-so400m
+from dyntok_plugin.hf.parts import vision_owner
+from dyntok_plugin.hf.synthetic import (  # noqa: F401  (re-exported for the tests)
+    CHAT_TEMPLATE,
+    EOS_ID,
+    FIRST_TEXT_ID,
+    IMAGE_ID,
+    PAD_ID,
+    TINY_TEXT,
+    TINY_VISION,
+    VIDEO_ID,
+    VOCAB_SIZE,
+    build_tokenizer,
+    llava_onevision_config,
+    random_llava_onevision,
+)
+
+IMAGE_SIZE = TINY_VISION["image_size"]  # 384 for SigLIP-so400m
+PATCH_SIZE = TINY_VISION["patch_size"]  # 14 for SigLIP-so400m
 GRID = IMAGE_SIZE // PATCH_SIZE  # 27 for SigLIP-so400m
 POOLED = math.ceil(GRID / 2)  # 14 for SigLIP-so400m
 
+
 def tiny_config(**overrides):
     """A `LlavaOnevisionConfig` with an 8x8 vision grid (4x4 after pooling); keyword overrides win."""
-    from transformers import LlavaOnevisionConfig
-
-    vision = {
-        "model_type": "siglip_vision_model",
-        "image_size": IMAGE_SIZE,
-        "patch_size": PATCH_SIZE,
-        "hidden_size": 32,  # 1152
-        "intermediate_size": 37,  # 4304
-        "num_hidden_layers": 2,  # 26
-        "num_attention_heads": 4,  # 16
-        "vision_use_head": False,
-    }
-    text = {
-        "model_type": "qwen2",
-        "vocab_size": VOCAB_SIZE,  # 152k
-        "hidden_size": 32,  # 3584
-        "intermediate_size": 37,  # 18944
-        "num_hidden_layers": 2,  # 28
-        "num_attention_heads": 4,  # 28
-        "num_key_value_heads": 2,  # 4
-        "max_position_embeddings": 512,
-        "pad_token_id": PAD_ID,
-        "eos_token_id": EOS_ID,
-    }
-    vision.update(overrides.pop("vision_config", {}))
-    text.update(overrides.pop("text_config", {}))
-    fields = {
-        "vision_config": vision,
-        "text_config": text,
-        "image_token_index": IMAGE_ID,
-        "video_token_index": VIDEO_ID,
-        "vision_feature_select_strategy": "full",  # "full" keeps all g*g tokens (SigLIP has no CLS)
-        "vision_feature_layer": -1,  # -1 for the OV checkpoints
-        "image_grid_pinpoints": [[IMAGE_SIZE, IMAGE_SIZE]],
-        "pad_token_id": PAD_ID,
-        "eos_token_id": EOS_ID,
-    }
-    fields.update(overrides)
-    return LlavaOnevisionConfig(**fields)
+    return llava_onevision_config(overrides.pop("vision_config", None), overrides.pop("text_config", None), **overrides)
 
 
 def build_tiny_llava_onevision(seed: int = 0, attn_implementation: str = "eager", dtype=torch.float32, **overrides):
-    """A seeded random `LlavaOnevisionForConditionalGeneration` in eval mode (~41k parameters).
-
-    `image_newline` is drawn explicitly so the marker is a real, non-degenerate vector in every version.
-    """
-    from transformers import LlavaOnevisionForConditionalGeneration
-
+    """A seeded random `LlavaOnevisionForConditionalGeneration` in eval mode (~41k parameters)."""
     config = tiny_config(**overrides)
     config._attn_implementation = attn_implementation
-    torch.manual_seed(seed)
-    model = LlavaOnevisionForConditionalGeneration(config)
-    with torch.no_grad():
-        newline = _owner(model).image_newline
-        newline.copy_(torch.randn_like(newline))
-    return model.to(dtype).eval()
+    return random_llava_onevision(config, seed=seed).to(dtype)
 
 
 def _owner(model):
     """The module that holds the vision tower: `model.model` on transformers >= 4.52, the model itself before."""
-    inner = getattr(model, "model", None)
-    return inner if hasattr(inner, "image_newline") else model
+    return vision_owner(model)
 
 
 def video_tokens(frames: int) -> int:
@@ -175,40 +136,6 @@ def random_images(num_images: int, seed: int = 0, dtype=torch.float32):
     pixels = torch.rand(num_images, 2, 3, IMAGE_SIZE, IMAGE_SIZE, generator=gen) * 2 - 1
     sizes = torch.tensor([[IMAGE_SIZE, IMAGE_SIZE]] * num_images, dtype=torch.long)
     return pixels.to(dtype), sizes
-
-
-CHAT_TEMPLATE = (
-    "{% for message in messages %}<|im_start|>{{ message['role'] }}\n"
-    "{% if message['content'] is string %}{{ message['content'] }}"
-    "{% else %}{% for item in message['content'] %}"
-    "{% if item['type'] == 'video' %}<video>{% elif item['type'] == 'image' %}<image>"
-    "{% else %}{{ item['text'] }}{% endif %}{% endfor %}{% endif %}<|im_end|>\n{% endfor %}"
-    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
-)
-
-
-def build_tokenizer():
-    """An offline word-level `PreTrainedTokenizerFast` over VOCAB_SIZE ids with LLaVA-OV's special tokens."""
-    from tokenizers import Regex, Tokenizer, models, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast
-
-    specials = ["<pad>", "<unk>", "<image>", "<video>", "<|im_end|>", "<|im_start|>"]
-    words = ["user", "assistant", "system", "\n", "what", "is", "happening", "in", "the", "video", "?", "."]
-    vocab = {tok: i for i, tok in enumerate(specials + words)}
-    vocab.update({f"w{i}": i for i in range(len(vocab), VOCAB_SIZE)})
-    core = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
-    core.pre_tokenizer = pre_tokenizers.Sequence(
-        [pre_tokenizers.Split(Regex(r"[ \t]+"), "removed"), pre_tokenizers.Split(Regex(r"[\n?.]"), "isolated")]
-    )
-    tokenizer = PreTrainedTokenizerFast(
-        tokenizer_object=core,
-        pad_token="<pad>",
-        unk_token="<unk>",
-        eos_token="<|im_end|>",
-        additional_special_tokens=["<image>", "<video>", "<|im_start|>"],
-    )
-    tokenizer.chat_template = CHAT_TEMPLATE
-    return tokenizer
 
 
 def save_tiny_checkpoint(folder: str | Path, seed: int = 0) -> Path:

@@ -1,4 +1,4 @@
-"""A plain, loop-based implementation of DESIGN.md section 1, to check the vectorised compressor against.
+"""A plain, loop-based implementation of the method as README.md ("How DynTok works") states it, to check the vectorised compressor against.
 
 Deliberately naive: Python loops over frames, rows and columns, float64 arithmetic, a sorted list for budgets.
 """

@@ -17,7 +17,7 @@ from PIL import Image
 
 import media
 from cli_runner import run
-from dyntok_plugin.plots import merge_map_size
+from dyntok_plugin.cli.plots import merge_map_size
 
 FRAMES = 4
 GRID = 14

@@ -1,4 +1,4 @@
-"""dyntok_plugin.calibrate: sweeps and the threshold search agree with the core compressor, exactly."""
+"""dyntok_plugin.cli.calibrate: sweeps and the threshold search agree with the core compressor, exactly."""
 
 from __future__ import annotations
 
@@ -7,10 +7,10 @@ import math
 import pytest
 import torch
 
-from dyntok_plugin.calibrate import compress, find_threshold, ratio_curve, tokens_per_frame
-from dyntok_plugin.compressor import DynTokCompressor
-from dyntok_plugin.config import DynTokConfig
-from dyntok_plugin.grouping import left_similarity
+from dyntok_plugin.cli.calibrate import compress, find_threshold, ratio_curve, tokens_per_frame
+from dyntok_plugin.core.compressor import DynTokCompressor
+from dyntok_plugin.core.config import DynTokConfig
+from dyntok_plugin.core.grouping import left_similarity
 
 
 def smooth_video(frames: int, seed: int, rows: int = 6, cols: int = 7, dim: int = 16) -> torch.Tensor:

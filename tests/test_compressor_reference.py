@@ -1,4 +1,4 @@
-"""The vectorised compressor against the plain reference of DESIGN.md section 1, on many random inputs."""
+"""The vectorised compressor against the plain reference of the method as README.md ("How DynTok works") states it, on many random inputs."""
 
 from __future__ import annotations
 

@@ -13,6 +13,7 @@ pytest.importorskip("torchvision")
 pytest.importorskip("av")
 
 import finetune_utils as fu  # noqa: E402
+from dyntok_plugin import train as fine_tuning  # noqa: E402
 
 pytestmark = pytest.mark.filterwarnings("ignore::FutureWarning")
 
@@ -24,7 +25,7 @@ FRAMES = (3, 3, 3, 3)  # one frame count, so the unpatched model can take the ba
 def setup(tmp_path_factory):
     from transformers import AutoProcessor
 
-    fh = fu.finetune_module()
+    fh = fine_tuning
     root = tmp_path_factory.mktemp("convergence")
     checkpoint = fu.save_checkpoint(root / "checkpoint", seed=1)
     processor = AutoProcessor.from_pretrained(checkpoint)

@@ -17,6 +17,7 @@ pytest.importorskip("av")
 pytest.importorskip("deepspeed")
 
 import finetune_utils as fu  # noqa: E402
+from dyntok_plugin import train as fine_tuning  # noqa: E402
 
 pytestmark = pytest.mark.filterwarnings("ignore::FutureWarning")
 
@@ -42,7 +43,7 @@ def zero3_env() -> dict:
 def test_zero3_trains_the_partitioned_marker_and_reloads_with_identical_logits(workdir):
     from transformers import AutoProcessor, LlavaOnevisionForConditionalGeneration
 
-    fh = fu.finetune_module()
+    fh = fine_tuning
     out = workdir["root"] / "trained"
     command = [
         sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(fu.free_port()),
@@ -73,11 +74,12 @@ INFERENCE_SCRIPT = """
 import json, sys
 import torch, deepspeed
 import finetune_utils as fu
+from dyntok_plugin import train as fine_tuning
 from transformers import AutoProcessor, LlavaOnevisionForConditionalGeneration
 from dyntok_plugin import patch_llava
 
 checkpoint, data, zero3, when = sys.argv[1:5]
-fh = fu.finetune_module()
+fh = fine_tuning
 dataset = fh.VideoQADataset(fh.load_records(data), AutoProcessor.from_pretrained(checkpoint))
 batch = fh.VideoQACollator(0)([dataset[0]])
 model = LlavaOnevisionForConditionalGeneration.from_pretrained(checkpoint)

@@ -20,6 +20,7 @@ pytest.importorskip("av")
 pytest.importorskip("torch.distributed.fsdp", reason="needs torch.distributed")
 
 import finetune_utils as fu  # noqa: E402
+from dyntok_plugin import train as fine_tuning  # noqa: E402
 
 pytestmark = pytest.mark.filterwarnings("ignore::FutureWarning")
 
@@ -33,13 +34,14 @@ from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_
 from torch.distributed.device_mesh import init_device_mesh
 from torch.distributed.fsdp import fully_shard, register_fsdp_forward_method
 import finetune_utils as fu
+from dyntok_plugin import train as fine_tuning
 from transformers import AutoProcessor, LlavaOnevisionForConditionalGeneration
 from dyntok_plugin import patch_llava
 
 checkpoint, data, out, steps = Path(sys.argv[1]), Path(sys.argv[2]), Path(sys.argv[3]), int(sys.argv[4])
 dist.init_process_group("gloo")
 rank = dist.get_rank()
-fh = fu.finetune_module()
+fh = fine_tuning
 dataset = fh.VideoQADataset(fh.load_records(data), AutoProcessor.from_pretrained(checkpoint), cache=True)
 batch = fu.eval_batch(dataset)
 torch.manual_seed(0)
@@ -106,7 +108,7 @@ def test_fsdp2_trains_and_its_full_state_dict_gives_the_same_logits(fsdp_run):
     losses = fsdp_run["result"]["losses"]
     assert len(losses) == STEPS and losses[-1] < 0.9 * losses[0], losses
 
-    fh = fu.finetune_module()
+    fh = fine_tuning
     model = LlavaOnevisionForConditionalGeneration.from_pretrained(fsdp_run["checkpoint"])
     model.load_state_dict(fsdp_run["trained"]["state"])
     patch_llava(model, threshold=0.7)

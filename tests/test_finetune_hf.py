@@ -16,13 +16,14 @@ pytest.importorskip("torchvision")
 pytest.importorskip("av")
 
 import finetune_utils as fu  # noqa: E402
+from dyntok_plugin import train as fine_tuning  # noqa: E402
 
 pytestmark = pytest.mark.filterwarnings("ignore::FutureWarning")
 
 
 @pytest.fixture(scope="module")
 def fh():
-    return fu.finetune_module()
+    return fine_tuning
 
 
 @pytest.fixture(scope="module")

@@ -275,7 +275,7 @@ def test_deep_copy_runs_on_its_own_weights_and_settings():
 def test_fast_pooling_equals_the_host_pooling_at_real_size(dtype):
     from types import SimpleNamespace
 
-    from dyntok_plugin.patches.hf_common import bilinear_pool
+    from dyntok_plugin.hf.common import bilinear_pool
     from transformers.models.llava_onevision import modeling_llava_onevision as host_module
 
     host_class = getattr(host_module, "LlavaOnevisionModel", host_module.LlavaOnevisionForConditionalGeneration)

@@ -16,7 +16,7 @@ import llava_next_tiny as tiny
 tiny.require_host()
 
 from dyntok_plugin import patch_llava  # noqa: E402
-from dyntok_plugin.eval_backends import LlavaNextBackend, Prompt, _llava_dtype, llava_package  # noqa: E402
+from dyntok_plugin.eval.backends import LlavaNextBackend, Prompt, _llava_dtype, llava_package  # noqa: E402
 
 GREEDY = {"max_new_tokens": 4, "temperature": 0}
 

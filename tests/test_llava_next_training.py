@@ -14,7 +14,7 @@ import llava_next_tiny as tiny  # noqa: E402
 
 tiny.require_host()
 from dyntok_plugin import is_patched, patch_llava  # noqa: E402
-from dyntok_plugin import llava_next_train  # noqa: E402
+from dyntok_plugin.train import llava_next as llava_next_train  # noqa: E402
 
 SIZES = [(tiny.PIXELS, tiny.PIXELS)]
 

@@ -26,8 +26,8 @@ from lmms_eval.models import get_model  # noqa: E402
 from lmms_eval.models.model_utils.gen_metrics import reset_logged_metrics, summarize_logged_metrics  # noqa: E402
 
 from dyntok_plugin import DynTokConfig, is_patched  # noqa: E402
-from dyntok_plugin.eval_backends import LLAVA_PACKAGES  # noqa: E402
-from dyntok_plugin.eval_lmms import MODEL_ID, LlavaOneVisionDynTok  # noqa: E402
+from dyntok_plugin.eval.backends import LLAVA_PACKAGES  # noqa: E402
+from dyntok_plugin.eval.lmms import MODEL_ID, LlavaOneVisionDynTok  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 CLIP = REPO / "assets" / "city_cc0.mp4"
@@ -104,7 +104,7 @@ def counts(results: list) -> list:
 
 def test_registered_through_the_entry_point_group():
     names = {ep.name: ep.value for ep in metadata.entry_points(group="lmms_eval.models")}
-    assert names.get(MODEL_ID) == "dyntok_plugin.eval_lmms:lmms_eval_manifest", (
+    assert names.get(MODEL_ID) == "dyntok_plugin.eval.lmms:lmms_eval_manifest", (
         "the lmms_eval.models entry point is not installed: add it to setup.py and reinstall the package"
     )
     assert get_model(MODEL_ID) is LlavaOneVisionDynTok

@@ -12,7 +12,8 @@ import os
 import pytest
 import torch
 
-from dyntok_plugin import DynTokCompressor, DynTokConfig, triton_merge
+from dyntok_plugin import DynTokCompressor, DynTokConfig
+from dyntok_plugin.core import triton_merge
 from reference import budget_tokens, markers_per_video, reference_dyntok
 
 pytest.importorskip("triton")

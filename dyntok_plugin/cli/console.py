@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .video import VideoInfo, load_video, probe_video
+from ..video import VideoInfo, load_video, probe_video
 
 
 class _NoBar:

@@ -18,7 +18,7 @@ import numpy as np
 
 from .console import decode, one_line, progress, table
 from .generate import run_generate
-from .video import VideoError, VideoInfo, probe_video
+from ..video import VideoError, VideoInfo, probe_video
 
 DEFAULT_FRAMES = 32
 DEFAULT_THRESHOLD = 0.7

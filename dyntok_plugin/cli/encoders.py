@@ -25,9 +25,10 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .checkpoints import SIGLIP_MEAN, SIGLIP_STD, dtype_argument, image_normalisation
-from .patches.hf_common import bilinear_pool, vision_features
-from .processing import frames_to_pixels
+from ..hf.checkpoints import SIGLIP_MEAN, SIGLIP_STD, dtype_argument, image_normalisation
+from ..hf.common import bilinear_pool, vision_features
+from ..hf.parts import vision_owner
+from ..hf.processing import frames_to_pixels
 
 __all__ = [
     "Dinov2Encoder",
@@ -181,9 +182,8 @@ class LlavaOnevisionEncoder:
     """
 
     def __init__(self, model, image_mean: Sequence[float] = SIGLIP_MEAN, image_std: Sequence[float] = SIGLIP_STD):
-        inner = getattr(model, "model", None)
-        owner = inner if hasattr(inner, "vision_tower") else model
-        if not all(hasattr(owner, name) for name in ("vision_tower", "multi_modal_projector")):
+        owner = vision_owner(model)
+        if owner is None:
             raise EncoderError(
                 f"{type(model).__name__} has no vision_tower/multi_modal_projector; "
                 "give a LLaVA-OneVision checkpoint (model_type 'llava_onevision')"

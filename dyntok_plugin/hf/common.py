@@ -1,8 +1,9 @@
-"""What the Hugging Face LLaVA-OneVision patch and the `dyntok` command both read from the host, computed one way.
+"""What the HF host patches and the tools above them read from a Hugging Face model, computed one way.
 
-The video placeholder id, the installed transformers version, the vision tower's selected layer and the host's
-2x2 video pooling. The patch (`hf_llava_onevision`) builds DynTok's inputs with them; the command's `--model`
-encoder and the checkpoint helpers use the same functions, so both see the numbers the model sees.
+The video placeholder id, the installed transformers version, the vision tower's selected layer and
+LLaVA-OneVision's 2x2 video pooling (its grid side and a fast exact version of it). The patches build DynTok's
+inputs with them; the command's `--model` encoder and the checkpoint helpers use the same functions, so both see
+the numbers the model sees.
 """
 
 from __future__ import annotations
@@ -67,6 +68,17 @@ def vision_features(tower: nn.Module, frames: Tensor, layer: int | Sequence[int]
     return torch.cat([captured[i % len(sources)] for i in indices], dim=-1)
 
 
+def pooled_grid(grid: int) -> int:
+    """Tokens along each side of a frame after LLaVA-OneVision's 2x2 video pooling: half the grid, rounded up."""
+    return math.ceil(grid / 2)
+
+
+def pooled_side(config: Any) -> int:
+    """`pooled_grid` of a LLaVA config's vision tower (14 for SigLIP-so400m at 384 px: a 27x27 patch grid)."""
+    vision = config.vision_config
+    return pooled_grid(vision.image_size // vision.patch_size)
+
+
 def bilinear_pool(features: Tensor, grid: int) -> Tensor:
     """LLaVA-OneVision's video pooling: `(N, g*g, C)` or `(N, g, g, C)` -> `(N, ceil(g/2), ceil(g/2), C)`.
 
@@ -74,7 +86,7 @@ def bilinear_pool(features: Tensor, grid: int) -> Tensor:
     host's channels-first `apply_pooling` (checked per device and dtype by the patch), which is about 100x slower
     on GPU in bfloat16 (11.6 ms vs 0.07 ms for 32 frames of 729 x 896 features on an H100).
     """
-    side = math.ceil(grid / 2)
+    side = pooled_grid(grid)
     frames = features.reshape(features.shape[0], grid, grid, -1).permute(0, 3, 1, 2)
     parts = [
         nn.functional.interpolate(

@@ -1,6 +1,6 @@
 """What DynTok did during an evaluation: token counts per sample, and their run-level totals and means.
 
-Kept apart from lmms-eval's types so the arithmetic reads (and tests) without lmms-eval installed; `eval_lmms`
+Kept apart from lmms-eval's types so the arithmetic reads (and tests) without lmms-eval installed; `lmms`
 attaches the per-sample dicts to each answer's token counts and hands the means to lmms-eval's throughput log.
 """
 
@@ -11,8 +11,8 @@ from typing import List, Optional, Sequence
 
 import numpy as np
 
-from .eval_backends import Prompt, split_by_prompt
-from .stats import DynTokStats
+from .backends import Prompt, split_by_prompt
+from ..core.stats import DynTokStats
 
 
 def sample_stats(prompts: Sequence[Prompt], stats: Optional[Sequence[DynTokStats]]) -> List[dict]:

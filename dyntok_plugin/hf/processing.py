@@ -9,7 +9,6 @@ then re-splices.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -18,19 +17,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .patches.hf_common import video_token_id
+from .common import pooled_side, video_token_id
 
 
 def user_turn(text: str, videos: int = 1, images: int = 0) -> list[dict]:
     """One user message for ``apply_chat_template``: video placeholders, then image ones, then the text."""
     content = [{"type": "video"} for _ in range(videos)] + [{"type": "image"} for _ in range(images)]
     return [{"role": "user", "content": content + [{"type": "text", "text": text}]}]
-
-
-def pooled_side(config: Any) -> int:
-    """Tokens along each side of a pooled video frame: half the vision tower's patch grid, rounded up."""
-    vision = config.vision_config
-    return math.ceil(vision.image_size // vision.patch_size / 2)
 
 
 def video_prompt_ids(config: Any, tokenizer: Any, text: str, frames: int) -> Tensor:

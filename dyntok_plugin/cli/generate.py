@@ -10,12 +10,12 @@ import argparse
 
 import torch
 
-from .api import patch_llava
-from .checkpoints import saved_chat_template
+from ..api import patch_llava
+from ..hf.checkpoints import saved_chat_template
 from .console import decode, one_line, table
 from .encoders import EncoderError, load_llava_onevision
-from .processing import frames_to_pixels, user_turn, video_prompt_ids
-from .video import probe_video
+from ..hf.processing import frames_to_pixels, user_turn, video_prompt_ids
+from ..video import probe_video
 
 
 def run_generate(args: argparse.Namespace) -> int:

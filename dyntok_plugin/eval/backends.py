@@ -4,7 +4,7 @@
 `LlavaNextBackend` serves original LLaVA-NeXT checkpoints (`lmms-lab/llava-onevision-*`) through
 `llava.model.builder` (or that of `llavaction`, LLaVA-NeXT's PyPI fork, same layout). Both take `Prompt`s and
 return `Generation`s or `(log-probability, is_greedy)` pairs, and count each prompt's real input length from DynTok's
-statistics, so `eval_lmms` needs no host-specific code.
+statistics, so `lmms` needs no host-specific code.
 """
 
 from __future__ import annotations
@@ -18,10 +18,10 @@ from typing import List, Optional, Sequence, Tuple, Union
 import numpy as np
 import torch
 
-from .checkpoints import dtype_argument
-from .config import DynTokConfig
-from .processing import user_turn, video_token_id
-from .stats import DynTokStats
+from ..hf.checkpoints import dtype_argument
+from ..core.config import DynTokConfig
+from ..hf.processing import user_turn, video_token_id
+from ..core.stats import DynTokStats
 
 LLAVA_PACKAGES = ("llava", "llavaction")
 """LLaVA-NeXT packages tried in order: upstream (from git), then its PyPI fork."""

@@ -15,9 +15,9 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from .compressor import DynTokCompressor, DynTokOutput
-from .config import DynTokConfig
-from .grouping import left_similarity
+from ..core.compressor import DynTokCompressor, DynTokOutput
+from ..core.config import DynTokConfig
+from ..core.grouping import left_similarity
 
 __all__ = ["Calibration", "compress", "find_threshold", "ratio_curve", "tokens_per_frame"]
 

@@ -1,7 +1,7 @@
 """lmms-eval model `llava_onevision_dyntok`: LLaVA-OneVision with DynTok, for the installed lmms-eval, unchanged.
 
 lmms-eval 0.7 finds plugin models through the Python entry-point group `lmms_eval.models`; this package
-registers `llava_onevision_dyntok = dyntok_plugin.eval_lmms:lmms_eval_manifest` there, so
+registers `llava_onevision_dyntok = dyntok_plugin.eval.lmms:lmms_eval_manifest` there, so
 
     lmms-eval --model llava_onevision_dyntok \
         --model_args pretrained=llava-hf/llava-onevision-qwen2-7b-ov-hf,dyntok_threshold=0.7 \
@@ -20,8 +20,8 @@ language model's real prompt length after compression) feeds the `efficiency` bl
 means reach the results' `throughput` block as `avg_dyntok_ratio` and friends. `dyntok_stats_path=FILE`
 also appends one JSON line per sample to FILE.
 
-This module adapts lmms-eval's requests and results; loading and running checkpoints lives in `eval_backends`,
-the statistics' arithmetic in `eval_stats`.
+This module adapts lmms-eval's requests and results; loading and running checkpoints lives in `backends`,
+the statistics' arithmetic in `stats`.
 """
 
 from __future__ import annotations
@@ -42,15 +42,15 @@ try:
     from lmms_eval.models.model_utils.gen_metrics import log_metrics
 except ImportError as err:  # pragma: no cover - exercised only without the extra
     raise ImportError(
-        "dyntok_plugin.eval_lmms needs lmms-eval 0.7: pip install 'dyntok-plugin[eval]' "
+        "dyntok_plugin.eval.lmms needs lmms-eval 0.7: pip install 'dyntok-plugin[eval]' "
         "(or: pip install 'lmms-eval>=0.7,<0.8')"
     ) from err
 
-from .api import patch_llava
-from .config import DynTokConfig
-from .eval_backends import Prompt, load_backend
-from .eval_stats import RunTotals, sample_stats
-from .video import load_video, probe_video
+from ..api import patch_llava
+from ..core.config import DynTokConfig
+from .backends import Prompt, load_backend
+from .stats import RunTotals, sample_stats
+from ..video import load_video, probe_video
 
 MODEL_ID = "llava_onevision_dyntok"
 SETTING_PREFIX = "dyntok_"

@@ -1,0 +1,120 @@
+"""Loading a checkpoint for fine-tuning with DynTok on, and choosing what trains (full or LoRA)."""
+
+from __future__ import annotations
+
+import os
+from typing import Any, Optional, Sequence
+
+import torch
+
+from ..api import patch_llava, unwrap_model
+from ..hf.checkpoints import dtype_argument
+from ..hf.parts import find_parts
+
+TRAINABLE_PARTS = ("projector", "marker", "llm", "vision")
+LLM_LINEAR = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+VISION_LINEAR = ("q_proj", "k_proj", "v_proj", "out_proj", "fc1", "fc2")
+
+
+def parse_parts(parts: str | Sequence[str]) -> tuple[str, ...]:
+    """`"projector,marker"` → `("projector", "marker")`, validated against TRAINABLE_PARTS."""
+    names = tuple(p.strip() for p in (parts.split(",") if isinstance(parts, str) else parts) if p.strip())
+    unknown = sorted(set(names) - set(TRAINABLE_PARTS))
+    if unknown or not names:
+        raise ValueError(f"trainable parts must be a non-empty subset of {TRAINABLE_PARTS}, got {names!r}")
+    return names
+
+
+def host_parts(model: torch.nn.Module) -> dict[str, list]:
+    """The modules (or parameters) of each trainable part: `vision`, `projector`, `marker`, `llm` (with the head)."""
+    parts = find_parts(unwrap_model(model))
+    return {
+        "vision": [parts.vision_tower],
+        "projector": [parts.projector],
+        "marker": [parts.marker] if parts.marker is not None else [],
+        "llm": [parts.language_model] + ([parts.lm_head] if parts.lm_head is not None else []),
+    }
+
+
+def set_trainable(model: torch.nn.Module, parts: Sequence[str]) -> None:
+    """Freeze the model except the chosen `host_parts` (`vision`, `projector`, `marker`, `llm`)."""
+    model.requires_grad_(False)
+    for name, items in host_parts(model).items():
+        if name in parts:
+            for item in items:
+                item.requires_grad_(True)
+
+
+def setup_model(
+    model_path: str | os.PathLike,
+    *,
+    train_parts: str | Sequence[str] = ("projector", "marker", "llm"),
+    lora_rank: int = 0,
+    lora_alpha: Optional[int] = None,
+    threshold: float = 0.7,
+    train_threshold_range: Optional[tuple[float, float]] = (0.6, 0.9),
+    marker: str = "row",
+    similarity: str = "vision",
+    dtype: torch.dtype = torch.float32,
+    attn_implementation: Optional[str] = None,
+    **dyntok_settings: Any,
+) -> torch.nn.Module:
+    """Load a checkpoint, switch DynTok on, and choose what trains.
+
+    Full fine-tuning (`lora_rank=0`) trains the chosen `train_parts`. With LoRA (`lora_rank>0`), the LLM and vision
+    tower, when chosen, get LoRA adapters on their linear layers, while the projector and the marker are trained
+    in full (PEFT `modules_to_save` for the projector; the marker is a bare parameter, so it stays trainable on the
+    base model and is kept by `save_for_inference`).
+    """
+    from transformers import LlavaOnevisionForConditionalGeneration
+
+    parts = parse_parts(train_parts)
+    if lora_rank < 0:
+        raise ValueError(f"lora_rank must be >= 0 (0 = full fine-tuning), got {lora_rank}")
+    if lora_rank > 0 and not {"llm", "vision"} & set(parts):
+        raise ValueError(f"LoRA needs 'llm' or 'vision' among the trainable parts, got {parts}; or use rank 0")
+    kwargs: dict[str, Any] = dtype_argument(dtype)
+    if attn_implementation:
+        kwargs["attn_implementation"] = attn_implementation
+    model = LlavaOnevisionForConditionalGeneration.from_pretrained(model_path, **kwargs)
+    patch_llava(
+        model,
+        threshold=threshold,
+        train_threshold_range=train_threshold_range,
+        marker=marker,
+        similarity=similarity,
+        **dyntok_settings,
+    )
+    if lora_rank == 0:
+        set_trainable(model, parts)
+        return model
+    return _add_lora(model, parts, lora_rank, lora_alpha or 2 * lora_rank)
+
+
+def _add_lora(model: torch.nn.Module, parts: Sequence[str], rank: int, alpha: int) -> torch.nn.Module:
+    from peft import LoraConfig, get_peft_model
+
+    patterns = []
+    if "llm" in parts:
+        patterns.append(rf".*language_model.*\.({'|'.join(LLM_LINEAR)})")
+    if "vision" in parts:
+        patterns.append(rf".*vision_tower.*\.({'|'.join(VISION_LINEAR)})")
+    config = LoraConfig(
+        r=rank,
+        lora_alpha=alpha,
+        lora_dropout=0.0,
+        target_modules="|".join(f"({p})" for p in patterns),
+        modules_to_save=["multi_modal_projector"] if "projector" in parts else None,
+        task_type="CAUSAL_LM",
+    )
+    peft_model = get_peft_model(model, config)
+    if "marker" in parts:
+        for marker in host_parts(peft_model)["marker"]:
+            marker.requires_grad_(True)
+    return peft_model
+
+
+def count_parameters(model: torch.nn.Module) -> tuple[int, int]:
+    """(trainable, total) parameter counts."""
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    return trainable, sum(p.numel() for p in model.parameters())
