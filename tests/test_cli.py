@@ -20,7 +20,8 @@ from PIL import Image
 import media
 from cli_runner import run
 from dyntok_plugin import __version__
-from dyntok_plugin.cli.main import OutputFolder, build_parser
+from dyntok_plugin.cli.main import build_parser
+from dyntok_plugin.cli.output import OutputFolder
 from dyntok_plugin.cli.plots import merge_map_size
 
 FRAMES = 4

@@ -1,6 +1,6 @@
 """Measure DynTok on encoded videos: tokens per frame, ratio-vs-threshold curves, threshold for a target ratio.
 
-Per-threshold results come from the core :class:`DynTokCompressor` itself, so what is reported is
+Per-threshold results come from the core `DynTokCompressor` itself, so what is reported is
 what a patched model would do with the same features. Sweeps and the threshold search use the sorted
 left-neighbour similarities: the output length only changes at those values, so the search is exact,
 and its answer is then run through the compressor.
@@ -18,6 +18,7 @@ from torch import Tensor
 from ..core.compressor import DynTokCompressor, DynTokOutput
 from ..core.config import DynTokConfig
 from ..core.grouping import left_similarity
+from ..core.markers import token_floor
 
 __all__ = ["Calibration", "compress", "find_threshold", "ratio_curve", "tokens_per_frame"]
 
@@ -62,12 +63,11 @@ def ratio_curve(
     compressor's own output lengths).
     """
     grid = torch.tensor([float(t) for t in thresholds], dtype=torch.float64)
-    probe = DynTokCompressor(hidden_size=videos[0][0].shape[-1], config=DynTokConfig(marker=marker))
     counts, tokens_in = [], []
     for features, similarity_features in videos:
         frames, rows, cols = features.shape[:3]
         ordered = torch.sort(left_similarity(similarity_features).flatten().double()).values
-        counts.append(probe.floor(frames, rows) + torch.searchsorted(ordered, grid, right=True))
+        counts.append(token_floor(marker, frames, rows) + torch.searchsorted(ordered, grid, right=True))
         tokens_in.append(frames * rows * cols)
     return torch.stack(counts), torch.tensor(tokens_in)
 
@@ -94,8 +94,7 @@ def find_threshold(
     frames = sum(v[0].shape[0] for v in videos)
     rows, cols = videos[0][0].shape[1:3]
     tokens_in = frames * rows * cols
-    probe = DynTokCompressor(hidden_size=videos[0][0].shape[-1], config=DynTokConfig(marker=marker))
-    floor = sum(probe.floor(v[0].shape[0], rows) for v in videos)
+    floor = sum(token_floor(marker, v[0].shape[0], rows) for v in videos)
     boundaries = math.floor(target_ratio * tokens_in) - floor
     if boundaries < 0:
         raise ValueError(

@@ -17,9 +17,11 @@ from pathlib import Path
 import numpy as np
 
 from .. import __version__
+from ..core.config import MARKERS
 from ..video import VideoError, VideoInfo, probe_video, sample_indices
 from .console import Need, Stages, decode, one_line, progress, require, table
 from .generate import GENERATE_NEEDS, run_generate
+from .output import OutputFolder
 
 DEFAULT_FRAMES = 32
 DEFAULT_THRESHOLD = 0.7
@@ -125,7 +127,7 @@ def build_parser() -> argparse.ArgumentParser:
         sub.add_argument("--model", required=model_required, metavar="ID_OR_PATH",
                          help="LLaVA-OneVision checkpoint (folder or cached hub id) whose vision tower and projector "
                               "give the features; default: the offline DINOv2-S/14 encoder")
-        sub.add_argument("--marker", choices=("row", "frame", "video", "none"), default="row",
+        sub.add_argument("--marker", choices=MARKERS, default="row",
                          help="grid-marker layout counted in the ratio (default 'row', DynTok's)")
 
     inspect = commands.add_parser("inspect", help="per-frame token counts, merge map and ratio-vs-threshold plot")
@@ -158,51 +160,6 @@ def build_parser() -> argparse.ArgumentParser:
 def _encode(encoder, video: np.ndarray, name: str):
     with progress(len(video), f"encoding {name}") as bar:
         return encoder.encode(video, progress=bar.update)
-
-
-class OutputFolder:
-    """The ``--out`` folder: checked up front, created only when the first file is written, and removed again
-    (with the files this run wrote into it) when the run fails after creating it.
-
-    A folder that existed before the run, and whatever it held, is never deleted.
-    """
-
-    def __init__(self, path: str | Path):
-        self.root = Path(path)
-        if self.root.exists() and not self.root.is_dir():
-            raise ValueError(f"--out {str(path)!r} exists and is not a folder; give a folder path")
-        self.created: list[Path] = []  # folders this run made, innermost first
-        self.written: list[Path] = []
-
-    def file(self, name: str) -> Path:
-        """Path of ``name`` in the folder, creating the folder (and missing parents) on first use."""
-        if not self.root.is_dir():
-            missing = [folder for folder in (self.root, *self.root.parents) if not folder.exists()]
-            self.root.mkdir(parents=True, exist_ok=True)
-            self.created = missing
-        path = self.root / name
-        self.written.append(path)
-        return path
-
-    def discard(self) -> None:
-        """Undo a failed run: only what it created (its files, then its now-empty folders)."""
-        if not self.created:
-            return
-        for path in self.written:
-            path.unlink(missing_ok=True)
-        for folder in self.created:
-            try:
-                folder.rmdir()
-            except OSError:  # something else was put there meanwhile: keep it
-                return
-        self.created = []
-
-    def __enter__(self) -> "OutputFolder":
-        return self
-
-    def __exit__(self, exc_type, exc, tb) -> None:
-        if exc_type is not None:
-            self.discard()
 
 
 def _describe(info: VideoInfo) -> str:

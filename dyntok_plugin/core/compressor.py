@@ -13,6 +13,7 @@ from torch import Tensor, nn
 from . import triton_merge
 from .config import DynTokConfig
 from .grouping import group_starts, left_similarity
+from .markers import marker_units, markers_per_video, token_floor
 from .stats import DynTokStats
 
 logger = logging.getLogger(__name__)
@@ -149,7 +150,7 @@ class DynTokCompressor(nn.Module):
         capacity = self._capacity(frames_per_video, rows, cols)
         marker = None if cfg.marker == "none" else self._marker_tensor()
         if triton_merge.supports(features, similarity_features, marker):
-            units_per_video = [_markers_per_video(cfg.marker, f, rows) for f in frames_per_video]
+            units_per_video = [markers_per_video(cfg.marker, f, rows) for f in frames_per_video]
             fused = triton_merge.compress(
                 features, similarity_features, frames_per_video, thresholds, capacity, cfg.marker, marker,
                 units_per_video,
@@ -200,7 +201,7 @@ class DynTokCompressor(nn.Module):
         )
 
         video_last_row = (torch.cumsum(frame_counts, 0) * rows - 1).to(device, non_blocking=True)
-        unit_of_position, units_per_video, unit_end_rows = _marker_units(
+        unit_of_position, units_per_video, unit_end_rows = marker_units(
             cfg.marker, frames_per_video, rows, cols, frame_video, video_last_row
         )
         groups_per_row = starts.sum(-1).flatten()
@@ -237,7 +238,7 @@ class DynTokCompressor(nn.Module):
 
     def floor(self, frames: int, rows: int) -> int:
         """The fewest tokens a video can have: one per row plus its markers."""
-        return frames * rows + _markers_per_video(self.config.marker, frames, rows)
+        return token_floor(self.config.marker, frames, rows)
 
     def _thresholds(self, num_videos: int) -> Tensor:
         cfg = self.config
@@ -355,28 +356,6 @@ def _check_rank(tensor: Tensor, name: str) -> None:
                          f"of shape {tuple(tensor.shape)}.")
     if not tensor.is_floating_point():
         raise TypeError(f"{name} must be a floating-point tensor, got {tensor.dtype}.")
-
-
-def _markers_per_video(marker: str, frames: int, rows: int) -> int:
-    return {"row": frames * rows, "frame": frames, "video": 1, "none": 0}[marker]
-
-
-def _marker_units(
-    marker: str, frames_per_video: Sequence[int], rows: int, cols: int, frame_video: Tensor, video_last_row: Tensor
-):
-    """For the marker layout: the number of markers before each position, the markers per video, and the global
-    row index that each marker closes (None when there are no markers)."""
-    device = frame_video.device
-    total_frames = sum(frames_per_video)
-    positions = torch.arange(total_frames * rows * cols, device=device)
-    units_per_video = [_markers_per_video(marker, f, rows) for f in frames_per_video]
-    if marker == "none":
-        return torch.zeros_like(positions), units_per_video, None
-    if marker == "row":
-        return positions // cols, units_per_video, torch.arange(total_frames * rows, device=device)
-    if marker == "frame":
-        return positions // (rows * cols), units_per_video, (torch.arange(total_frames, device=device) + 1) * rows - 1
-    return frame_video[positions // (rows * cols)], units_per_video, video_last_row
 
 
 def _accumulation_dtype(dtype: torch.dtype) -> torch.dtype:

@@ -75,18 +75,7 @@ def train(
     bf16 = resolve_precision(args.precision, args.cpu)
     processor = AutoProcessor.from_pretrained(args.model)
     dataset = VideoQADataset(load_records(args.data, args.num_frames), processor, cache=args.cache_frames)
-    train_range = None if args.fixed_threshold else tuple(args.train_threshold_range)
-    model = setup_model(
-        args.model,
-        train_parts=args.train,
-        lora_rank=args.lora_rank,
-        lora_alpha=args.lora_alpha,
-        threshold=args.threshold,
-        train_threshold_range=train_range,
-        marker=args.marker,
-        similarity=args.similarity,
-        dtype=torch.float32,  # float32 master weights; bf16 runs as autocast (Trainer) or DeepSpeed's bf16 mode
-    )
+    model = _model(args)
     if prepare_model is not None:
         model = prepare_model(model)
     trainable, total = count_parameters(model)
@@ -117,6 +106,22 @@ def train(
         (out / "train_losses.json").write_text(json.dumps(losses))
         logger.info("saved %s (first loss %.4f, last loss %.4f)", out, losses[0], losses[-1])
     return trainer, processor, dataset, out
+
+
+def _model(args: argparse.Namespace) -> torch.nn.Module:
+    """The checkpoint with DynTok on and the chosen parts trainable, in float32 master weights (bf16 runs as
+    autocast in Trainer or as DeepSpeed's bf16 mode)."""
+    return setup_model(
+        args.model,
+        train_parts=args.train,
+        lora_rank=args.lora_rank,
+        lora_alpha=args.lora_alpha,
+        threshold=args.threshold,
+        train_threshold_range=None if args.fixed_threshold else tuple(args.train_threshold_range),
+        marker=args.marker,
+        similarity=args.similarity,
+        dtype=torch.float32,
+    )
 
 
 def main(argv: Optional[Sequence[str]] = None) -> Path:
