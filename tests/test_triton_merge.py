@@ -2,12 +2,13 @@
 
 Runs on a CUDA GPU when there is one, else on the CPU through Triton's interpreter (small inputs only):
 `TRITON_INTERPRET=1 python -m pytest tests/test_triton_merge.py`. Skipped where Triton is not installed.
+Every test run covers the same marker layouts and budget modes on the CPU, through the interpreter and against the
+PyTorch path, with smaller inputs: `test_triton_interpreter.py`.
 """
 
 from __future__ import annotations
 
 import math
-import os
 
 import pytest
 import torch
@@ -25,10 +26,11 @@ RELATIVE = {torch.float32: 1e-5, torch.bfloat16: 1e-2, torch.float16: 2e-3}
 
 @pytest.fixture(scope="module")
 def device():
-    """CUDA when present, else the CPU through Triton's interpreter, which must be chosen before triton is imported."""
+    """CUDA when present, else the CPU through Triton's interpreter, which must be chosen before dyntok_plugin is
+    imported (`triton.jit` reads TRITON_INTERPRET when it builds the kernels)."""
     if torch.cuda.is_available():
         return torch.device("cuda")
-    if os.environ.get("TRITON_INTERPRET") != "1":
+    if not triton_merge._interpreting():
         pytest.skip("no CUDA device; run with TRITON_INTERPRET=1 to check the kernels on the CPU")
     return torch.device("cpu")
 

@@ -10,14 +10,15 @@ exclusive prefix sum of the per-row token counts.
 Everything is enqueued before the call's single host synchronisation, which reads the per-video lengths, the
 thresholds in effect and the NaN/Inf flags; the token buffer is sized for the worst case (no merge) and sliced.
 
-`supports()` decides when this path runs: Triton importable, a CUDA tensor (or Triton's interpreter), a half or
+`supports()` decides when this path runs: Triton importable, a CUDA tensor (or a CPU tensor when the kernels
+were built by Triton's interpreter: `TRITON_INTERPRET=1` in the environment before this module is imported), a half or
 single precision dtype, and no gradient needed through the features or the marker (the kernels have no backward;
 the PyTorch path handles training). Set `ENABLED = False` to force the PyTorch path.
 """
 
 from __future__ import annotations
 
-import os
+import sys
 from dataclasses import dataclass
 from typing import Optional, Sequence
 
@@ -60,7 +61,13 @@ class FusedResult:
 
 
 def _interpreting() -> bool:
-    return os.environ.get("TRITON_INTERPRET", "0") == "1"
+    """Whether the kernels were built for Triton's interpreter, the one case where they take CPU tensors.
+
+    `triton.jit` reads `TRITON_INTERPRET` when it builds a kernel, i.e. when this module is imported, so that is the
+    moment that counts: setting the variable later leaves compiled kernels, which cannot read CPU memory.
+    """
+    interpreter = sys.modules.get("triton.runtime.interpreter")  # imported by triton.jit when it interprets
+    return interpreter is not None and isinstance(_merge_kernel, interpreter.InterpretedFunction)
 
 
 def supports(features: Tensor, similarity_features: Tensor, marker: Optional[Tensor]) -> bool:
