@@ -1,7 +1,7 @@
 """The fused Triton kernels on the CPU, through Triton's interpreter, in every test run (CI has no GPU).
 
 How the interpreter is switched on: `triton.jit` reads `TRITON_INTERPRET` when it builds a kernel, that is when
-`dyntok_plugin.triton_merge` is first imported, and kernels built for the GPU cannot read CPU tensors. In a
+`dyntok_plugin.core.triton_merge` is first imported, and kernels built for the GPU cannot read CPU tensors. In a
 whole-suite run other test modules import `dyntok_plugin` long before this one is collected, so setting the variable
 from a test (or from `conftest.py`, which any plugin importing torch's Triton integration could precede) is fragile;
 and a session-wide `TRITON_INTERPRET=1` would send every CPU compressor call of every other test through the slow
@@ -21,7 +21,7 @@ from xml.etree import ElementTree
 import pytest
 import torch
 
-from dyntok_plugin import triton_merge
+from dyntok_plugin.core import triton_merge
 from triton_interpreter_cases import CASES, DIM, fused_calls, make_compressor, videos  # noqa: F401 (a fixture)
 
 CASES_FILE = Path(__file__).resolve().with_name("triton_interpreter_cases.py")

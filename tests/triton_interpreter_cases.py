@@ -26,7 +26,8 @@ import math
 import pytest
 import torch
 
-from dyntok_plugin import DynTokCompressor, DynTokConfig, triton_merge
+from dyntok_plugin import DynTokCompressor, DynTokConfig
+from dyntok_plugin.core import triton_merge
 
 pytest.importorskip("triton", reason="Triton is not installed (pip install triton); the fused path is not available")
 

@@ -12,6 +12,7 @@ from torch import Tensor, nn
 
 from . import triton_merge
 from .config import DynTokConfig
+from .errors import non_finite_error
 from .grouping import group_starts, left_similarity
 from .markers import marker_units, markers_per_video, token_floor
 from .stats import DynTokStats
@@ -216,10 +217,7 @@ class DynTokCompressor(nn.Module):
         host = torch.cat([lengths_device.double(), effective.double(), finite.double().view(1)]).tolist()
         if host[-1] != 1.0:
             name = "similarity_features" if bool(_all_finite(features)) else "features"
-            raise ValueError(
-                f"{name} contain NaN or Inf values; DynTok needs finite features (check the inputs and the dtype: "
-                "float16 overflows easily)."
-            )
+            raise non_finite_error(name)
         lengths = [int(v) for v in host[:num_videos]]
         effective_host = host[num_videos : 2 * num_videos]
 

@@ -25,6 +25,7 @@ from typing import Optional, Sequence
 import torch
 from torch import Tensor
 
+from .errors import non_finite_error
 from .grouping import group_starts
 
 try:
@@ -109,73 +110,24 @@ def compress(
         marker: `(D,)` grid marker (any float dtype, features' device), None for `"none"`.
         units_per_video: markers per video.
     """
-    frames, rows, cols, dim = features.shape
-    channels = similarity_features.shape[-1]
-    device = features.device
+    frames, rows, cols, _ = features.shape
     num_videos = len(frames_per_video)
-    all_rows = frames * rows
-    features = features.contiguous()
-    similarity_features = similarity_features.contiguous()
-
-    # One non-blocking host-to-device copy: the video of each frame, then the thresholds' float64 bits.
-    video_of_frame = torch.repeat_interleave(
-        torch.arange(num_videos, dtype=torch.int64), torch.tensor(frames_per_video, dtype=torch.int64)
-    )
-    threshold_bits = thresholds.to(torch.float64).contiguous().view(torch.int64)
-    packed = torch.cat([video_of_frame, threshold_bits]).to(device, non_blocking=True)
-    frame_video, thresholds_device = packed[:frames], packed[frames:].view(torch.float64)
+    frame_video, thresholds_device = _upload_layout(frames_per_video, thresholds, features.device)
     # What the host reads back: each video's end offset, NaN/Inf counts of features and similarity features.
-    report = torch.zeros(num_videos + 2, dtype=torch.int64, device=device)
-
-    block_w = max(16, triton.next_power_of_2(cols + 1))  # a row's groups and its marker; tl.dot needs 16
-    code = MARKER_CODES[marker_layout]
-    similarity = torch.empty(frames, rows, cols - 1, dtype=torch.float32, device=device)
-    starts = torch.empty(frames, rows, cols, dtype=torch.uint8, device=device)
-    row_tokens = torch.empty(all_rows, dtype=torch.int64, device=device)
-    _similarity_kernel[(all_rows,)](
-        similarity_features, similarity, starts, row_tokens, report[num_videos + 1 :], thresholds_device,
-        frame_video, rows, frames, channels,
-        W=cols, BLOCK_W=block_w, BLOCK_C=min(BLOCK_C, triton.next_power_of_2(channels)), MARKER=code,
-        num_warps=SIMILARITY_WARPS,
-    )
+    report = torch.zeros(num_videos + 2, dtype=torch.int64, device=features.device)
+    launch = _Launch(frames, rows, cols, MARKER_CODES[marker_layout], frame_video)
+    starts, row_tokens, similarity = _group(launch, similarity_features.contiguous(), thresholds_device, report)
+    effective = None
     if capacity is not None:
-        budget = capacity.to(device, non_blocking=True)
+        budget = capacity.to(features.device, non_blocking=True)
         budget_starts, effective = group_starts(similarity, frame_video, thresholds_device, budget)
         starts = budget_starts.to(torch.uint8)
-        _row_tokens_kernel[(all_rows,)](starts, row_tokens, frame_video, rows, frames,
-                                        W=cols, BLOCK_W=block_w, MARKER=code)
-    row_end = torch.cumsum(row_tokens, 0)
-
-    capacity_tokens = all_rows * cols + sum(units_per_video)
-    tokens = torch.empty(capacity_tokens, dim, dtype=features.dtype, device=device)
-    is_marker = torch.empty(capacity_tokens, dtype=torch.uint8, device=device)
-    token_index = torch.empty(frames, rows, cols, dtype=torch.int64, device=device)
-    block_d = min(BLOCK_D, triton.next_power_of_2(dim))
-    _merge_kernel[(all_rows * triton.cdiv(dim, block_d),)](
-        features, tokens, is_marker, token_index, starts, row_end, row_tokens,
-        marker if marker is not None else tokens, report, frame_video, rows, frames, dim, num_videos,
-        W=cols, BLOCK_W=block_w, BLOCK_D=block_d, MARKER=code,
-        PRECISION="ieee" if features.dtype == torch.float32 else "tf32",
-        num_warps=MERGE_WARPS,
-    )
-
-    if capacity is not None:
-        report = torch.cat([report, effective.view(torch.int64)])
-    host_report = report.cpu()  # the call's one host synchronisation
-    host = host_report[: num_videos + 2].tolist()
-    if host[num_videos] or host[num_videos + 1]:
-        name = "features" if host[num_videos] else "similarity_features"
-        raise ValueError(
-            f"{name} contain NaN or Inf values; DynTok needs finite features (check the inputs and the dtype: "
-            "float16 overflows easily)."
-        )
-    ends = host[:num_videos]
-    lengths = [end - start for start, end in zip([0] + ends[:-1], ends)]
-    if capacity is None:
-        effective_host = thresholds.tolist()
-    else:
-        effective_host = host_report[num_videos + 2 :].view(torch.float64).tolist()
-    total = ends[-1]
+        _row_tokens_kernel[(frames * rows,)](starts, row_tokens, frame_video, rows, frames,
+                                             W=cols, BLOCK_W=launch.block_w, MARKER=launch.code)
+    tokens, is_marker, token_index = _merge(launch, features.contiguous(), starts, row_tokens, marker, report,
+                                            frames * rows * cols + sum(units_per_video))
+    lengths, effective_host = _read_back(report, effective, thresholds, num_videos)
+    total = sum(lengths)
     return FusedResult(
         tokens=tokens[:total],
         token_index=token_index,
@@ -183,6 +135,82 @@ def compress(
         lengths=lengths,
         thresholds=effective_host,
     )
+
+
+@dataclass(frozen=True)
+class _Launch:
+    """The grid of one call: frames, rows, columns, the marker code and each frame's video (on the device)."""
+
+    frames: int
+    rows: int
+    cols: int
+    code: int
+    frame_video: Tensor
+
+    @property
+    def block_w(self) -> int:
+        return max(16, triton.next_power_of_2(self.cols + 1))  # a row's groups and its marker; tl.dot needs 16
+
+
+def _upload_layout(frames_per_video: Sequence[int], thresholds: Tensor, device: torch.device) -> tuple:
+    """One non-blocking host-to-device copy: the video of each frame, then the thresholds' float64 bits."""
+    video_of_frame = torch.repeat_interleave(
+        torch.arange(len(frames_per_video), dtype=torch.int64), torch.tensor(frames_per_video, dtype=torch.int64)
+    )
+    threshold_bits = thresholds.to(torch.float64).contiguous().view(torch.int64)
+    packed = torch.cat([video_of_frame, threshold_bits]).to(device, non_blocking=True)
+    frames = video_of_frame.shape[0]
+    return packed[:frames], packed[frames:].view(torch.float64)
+
+
+def _group(launch: _Launch, similarity_features: Tensor, thresholds: Tensor, report: Tensor) -> tuple:
+    """Similarities, group starts and tokens per row (markers included) under the thresholds."""
+    frames, rows, cols = launch.frames, launch.rows, launch.cols
+    channels, device = similarity_features.shape[-1], similarity_features.device
+    similarity = torch.empty(frames, rows, cols - 1, dtype=torch.float32, device=device)
+    starts = torch.empty(frames, rows, cols, dtype=torch.uint8, device=device)
+    row_tokens = torch.empty(frames * rows, dtype=torch.int64, device=device)
+    _similarity_kernel[(frames * rows,)](
+        similarity_features, similarity, starts, row_tokens, report[report.shape[0] - 1 :], thresholds,
+        launch.frame_video, rows, frames, channels,
+        W=cols, BLOCK_W=launch.block_w, BLOCK_C=min(BLOCK_C, triton.next_power_of_2(channels)), MARKER=launch.code,
+        num_warps=SIMILARITY_WARPS,
+    )
+    return starts, row_tokens, similarity
+
+
+def _merge(launch: _Launch, features: Tensor, starts: Tensor, row_tokens: Tensor, marker: Optional[Tensor],
+           report: Tensor, capacity_tokens: int) -> tuple:
+    """Group means and markers in sequence order into a worst-case-sized buffer, with token_map and is_marker."""
+    frames, rows, cols = launch.frames, launch.rows, launch.cols
+    dim, device = features.shape[-1], features.device
+    tokens = torch.empty(capacity_tokens, dim, dtype=features.dtype, device=device)
+    is_marker = torch.empty(capacity_tokens, dtype=torch.uint8, device=device)
+    token_index = torch.empty(frames, rows, cols, dtype=torch.int64, device=device)
+    block_d = min(BLOCK_D, triton.next_power_of_2(dim))
+    _merge_kernel[(frames * rows * triton.cdiv(dim, block_d),)](
+        features, tokens, is_marker, token_index, starts, torch.cumsum(row_tokens, 0), row_tokens,
+        marker if marker is not None else tokens, report, launch.frame_video, rows, frames, dim, report.shape[0] - 2,
+        W=cols, BLOCK_W=launch.block_w, BLOCK_D=block_d, MARKER=launch.code,
+        PRECISION="ieee" if features.dtype == torch.float32 else "tf32",
+        num_warps=MERGE_WARPS,
+    )
+    return tokens, is_marker, token_index
+
+
+def _read_back(report: Tensor, effective: Optional[Tensor], thresholds: Tensor, num_videos: int) -> tuple:
+    """The call's one host synchronisation: lengths per video and the thresholds in effect; NaN/Inf raise."""
+    if effective is not None:
+        report = torch.cat([report, effective.view(torch.int64)])
+    host_report = report.cpu()
+    host = host_report[: num_videos + 2].tolist()
+    if host[num_videos] or host[num_videos + 1]:
+        raise non_finite_error("features" if host[num_videos] else "similarity_features")
+    ends = host[:num_videos]
+    lengths = [end - start for start, end in zip([0] + ends[:-1], ends)]
+    if effective is None:
+        return lengths, thresholds.tolist()
+    return lengths, host_report[num_videos + 2 :].view(torch.float64).tolist()
 
 
 if triton is not None:
