@@ -52,8 +52,9 @@ def patch_llava(model: nn.Module, threshold: Any = ..., *, config: Optional[DynT
         unpatch_llava(model)
     host.patch(target, cfg)
     claim(cfg, target)
-    for name, method in _COPY_METHODS.items():
-        target.__dict__[name] = types.MethodType(method, target)
+    for name, method in _INSTANCE_METHODS.items():
+        if name not in target.__dict__ and (name.startswith("__") or callable(getattr(type(target), name, None))):
+            target.__dict__[name] = types.MethodType(method, target)
     set_config_attribute({id(o): o for o in (model, target)}.values(), cfg)
     host_config = getattr(target, "config", None)
     if host_config is not None:
@@ -71,8 +72,9 @@ def unpatch_llava(model: nn.Module):
     cfg = _compressor(target).config
     find_host(target).unpatch(target)
     release(cfg, target)
-    for name in _COPY_METHODS:
-        target.__dict__.pop(name, None)
+    for name, method in _INSTANCE_METHODS.items():
+        if getattr(target.__dict__.get(name), "__func__", None) is method:
+            del target.__dict__[name]
     for obj in (model, target):
         obj.__dict__.pop(CONFIG_ATTRIBUTE, None)
     host_config = getattr(target, "config", None)
@@ -102,7 +104,16 @@ def _deepcopy(model: nn.Module, memo: dict) -> nn.Module:
     return copy._reconstruct(model, memo, *object.__reduce_ex__(model, 4))
 
 
-_COPY_METHODS = {"__reduce_ex__": _refuse_pickling, "__deepcopy__": _deepcopy}
+def _save_pretrained(model: nn.Module, *args: Any, **kwargs: Any) -> Any:
+    """`save_pretrained` that first takes in a `model.dyntok` assigned since the last call, so the saved config
+    holds the settings the model now runs with."""
+    if isinstance(model.__dict__.get(CONFIG_ATTRIBUTE), DynTokConfig):
+        adopt_assigned(model, _compressor(model))
+    return type(model).save_pretrained(model, *args, **kwargs)
+
+
+# Instance methods patch_llava adds (class methods of the same name stay untouched) and unpatch_llava removes.
+_INSTANCE_METHODS = {"__reduce_ex__": _refuse_pickling, "__deepcopy__": _deepcopy, "save_pretrained": _save_pretrained}
 
 
 def is_patched(model: nn.Module) -> bool:

@@ -61,8 +61,12 @@ def test_an_assigned_config_takes_effect_in_the_compressor_and_the_saved_config(
     assert model.config.dyntok["marker"] == "frame" and model.config.dyntok["threshold"] == -1.5
     model.dyntok.threshold = 0.25  # the adopted config is the live one: edits reach model.config
     assert model.config.dyntok["threshold"] == 0.25
+    model.dyntok = DynTokConfig(threshold=0.5, marker="video")  # saved at once, without a call in between
     model.save_pretrained(tmp_path)
-    assert json.loads((tmp_path / "config.json").read_text())["dyntok"]["marker"] == "frame"
+    saved = json.loads((tmp_path / "config.json").read_text())["dyntok"]
+    assert (saved["marker"], saved["threshold"]) == ("video", 0.5) and model.config.dyntok["marker"] == "video"
+    unpatch_llava(model)
+    assert "save_pretrained" not in model.__dict__ and not hasattr(model.config, "dyntok")
 
 
 def test_assigning_none_is_refused_at_the_next_call_and_unpatch_still_restores():
