@@ -25,16 +25,19 @@ def patch_llava(model: nn.Module, threshold: Any = ..., *, config: Optional[DynT
 
     Args:
         model: a Hugging Face `LlavaOnevisionForConditionalGeneration` or a LLaVA-NeXT `LlavaQwenForCausalLM`-family
-            model, bare or wrapped by PEFT, DDP, FSDP or DeepSpeed.
+            model, bare or wrapped by PEFT, DDP, FSDP, DeepSpeed or `torch.compile`.
         threshold: similarity threshold (`DynTokConfig.threshold`); `None` with a budget.
-        config: a ready `DynTokConfig` instead of keyword settings (held by reference: edit it live).
+        config: a ready `DynTokConfig` instead of keyword settings (held by reference: edit it live). A config is
+            live on one model at a time (its `last_stats` are that model's): give each model its own.
         **settings: any other `DynTokConfig` field (`marker`, `similarity`, `train_threshold_range`, `max_tokens`,
             `target_ratio`, `seed`).
 
     With no settings at all, the settings saved in `model.config` by an earlier `patch_llava` (they survive
     `save_pretrained`/`from_pretrained`) are restored, else the defaults are used. Calling it again re-patches with
-    the new settings; wrappers never stack. The live settings are `model.dyntok`, the last call's per-video
-    statistics `model.dyntok.last_stats`.
+    the new settings; wrappers never stack. The live settings are `model.dyntok` (assigning another `DynTokConfig`
+    takes effect at the next call or `save_pretrained`), the last call's per-video statistics
+    `model.dyntok.last_stats` (empty after a call without video). A patched model cannot be pickled: use
+    `save_pretrained`.
 
     Example:
         >>> from dyntok_plugin import patch_llava, unpatch_llava
