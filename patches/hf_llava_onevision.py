@@ -34,7 +34,9 @@ from torch import Tensor, nn
 
 from dyntok_plugin.core import DynTokCompressor, DynTokConfig
 from dyntok_plugin.hf import bilinear_pool, splice, transformers_version, video_token_id, vision_features
+from dyntok_plugin.hf.binding import adopt_assigned, clear_stats
 from dyntok_plugin.hf.common import pooled_grid
+from dyntok_plugin.hf.generation import PromptStreamer, padding_side, shift_lengths
 from dyntok_plugin.hf.parts import VISION_PARTS, vision_owner
 
 SUPPORTED_CLASSES = ("transformers.LlavaOnevisionForConditionalGeneration",)
@@ -68,6 +70,7 @@ class _State:
     own_forward: bool  # whether `forward` / `generate` were instance attributes before patching
     own_generate: bool
     installed: dict = field(default_factory=dict)  # name -> the wrapper patch() bound on the instance
+    generating: int = 0  # > 0 inside a patched generate: its decode steps keep the prompt's statistics
 
 
 def is_supported(model: nn.Module) -> bool:
@@ -161,6 +164,7 @@ def _bind(model: nn.Module, original: Callable, body: Callable) -> types.MethodT
     @functools.wraps(original)
     def method(self, *args, **kwargs):
         state = self.__dict__[STATE_ATTRIBUTE]
+        adopt_assigned(self, state.compressor)
         return body(self, state, _named_arguments(signature, args, kwargs), args, kwargs)
 
     self_parameter = inspect.Parameter("self", inspect.Parameter.POSITIONAL_ONLY)
@@ -170,15 +174,28 @@ def _bind(model: nn.Module, original: Callable, body: Callable) -> types.MethodT
 
 def _forward(model: nn.Module, state: _State, call: dict, args: tuple, kwargs: dict):
     if call.get("pixel_values_videos") is None:
+        if not state.generating:
+            clear_stats(state.compressor)
         return state.forward(*args, **kwargs)
-    _splice_videos(model, state, call, _padding_side(call.get("attention_mask")))
+    mask = call.get("attention_mask")
+    side = padding_side(mask, call.get("labels"))
+    unpadded = mask is None or bool(mask.all())
+    _splice_videos(model, state, call, side)
+    if unpadded and side == "left" and call.get("position_ids") is None:  # padding DynTok added: keep positions
+        mask = call["attention_mask"]
+        call["position_ids"] = (mask.long().cumsum(-1) - 1).masked_fill(mask == 0, 1)
     call["input_ids"] = None  # the forward takes exactly one of input_ids / inputs_embeds
-    return state.forward(**call)
+    output = state.forward(**call)
+    if not isinstance(output, tuple):
+        output.attention_mask = call["attention_mask"]  # the mask of the sequence that ran (to extend when decoding)
+    return output
 
 
 def _generate(model: nn.Module, state: _State, call: dict, args: tuple, kwargs: dict):
     if call.get("pixel_values_videos") is None:
-        return state.generate(*args, **kwargs)
+        clear_stats(state.compressor)
+        with _generating(state):
+            return state.generate(*args, **kwargs)
     if call.get("inputs") is not None:
         if call.get("input_ids") is not None:
             raise ValueError("generate() got input ids both as `inputs` and as `input_ids`; pass one of them.")
@@ -187,8 +204,22 @@ def _generate(model: nn.Module, state: _State, call: dict, args: tuple, kwargs: 
     user_ids = call.get("input_ids")
     with torch.no_grad():
         _splice_videos(model, state, call, "left")
-    output = state.generate(**call)
+    shift_lengths(call, model.generation_config, call["input_ids"].shape[1] - user_ids.shape[1])
+    if call.get("streamer") is not None:
+        call["streamer"] = PromptStreamer(call["streamer"], user_ids.cpu())
+    with _generating(state):
+        output = state.generate(**call)
     return _restore_prompt(output, user_ids, call["input_ids"].shape[1])
+
+
+@contextlib.contextmanager
+def _generating(state: _State):
+    """Marks the decode steps of a generate call (they run the patched forward without videos)."""
+    state.generating += 1
+    try:
+        yield
+    finally:
+        state.generating -= 1
 
 
 def _named_arguments(signature: inspect.Signature, args: tuple, kwargs: dict) -> dict:
@@ -201,13 +232,6 @@ def _named_arguments(signature: inspect.Signature, args: tuple, kwargs: dict) ->
         else:
             call[name] = value
     return call
-
-
-def _padding_side(attention_mask: Tensor | None) -> str:
-    """'left' if some sample's first position is padding, else 'right' (training collators pad right)."""
-    if attention_mask is not None and attention_mask.dim() == 2 and bool((attention_mask[:, 0] == 0).any()):
-        return "left"
-    return "right"
 
 
 def _restore_prompt(output: Any, user_ids: Tensor, spliced_length: int) -> Any:

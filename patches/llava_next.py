@@ -3,8 +3,10 @@
 LLaVA-NeXT already splices visual features of any length into the sequence (labels, mask and padding follow),
 and with `config.mm_newline_position == "grid"` it hands each video's pooled, projected features `(F, h*w, D)` to
 `add_token_per_grid`, which appends `image_newline` after every row. This module overrides that one method on the
-instance to return DynTok's tokens instead (merged groups, then the marker, per row by default) and forces the
-`"grid"` route; `forward`, `generate`, training and `dpo_forward` need no other change.
+instance to return DynTok's tokens instead (merged groups, then the marker, per row by default) and takes the
+`"grid"` route only while its own splice runs: `model.config` keeps the checkpoint's `mm_newline_position`, so a
+model saved while patched still loads without the plugin in the layout it had. `forward`, `generate`, training and
+`dpo_forward` need no other change.
 
 The similarity features (pooled pre-projector vision features, as in the paper) come without running the vision
 tower twice: a forward pre-hook on `mm_projector` captures its input while the instance's
@@ -28,6 +30,7 @@ import torch
 from torch import Tensor, nn
 
 from dyntok_plugin.core import DynTokCompressor, DynTokConfig
+from dyntok_plugin.hf.binding import adopt_assigned, clear_stats
 
 logger = logging.getLogger(__name__)
 
@@ -53,6 +56,7 @@ class _Call:
     total_frames: int
     captured: list = field(default_factory=list)
     stats: list = field(default_factory=list)
+    newline_position: Any = None  # the config's own mm_newline_position (or _MISSING) while "grid" is set
 
 
 @dataclass
@@ -61,7 +65,6 @@ class _State:
 
     compressor: DynTokCompressor
     hook: Any  # RemovableHandle of the projector pre-hook
-    newline_position: Any  # the config's mm_newline_position before patching, or _MISSING
     instance_methods: dict  # name -> the instance attribute it replaced, or _MISSING
     prepare: Callable  # the prepare_inputs_labels_for_multimodal bound before patching
     prepare_signature: inspect.Signature
@@ -87,7 +90,6 @@ def patch(model: nn.Module, config: DynTokConfig) -> None:
     state = _State(
         compressor=compressor,
         hook=None,
-        newline_position=getattr(model.config, "mm_newline_position", _MISSING),
         instance_methods={name: model.__dict__.get(name, _MISSING) for name in _HOOK_METHODS},
         prepare=model.prepare_inputs_labels_for_multimodal,
         prepare_signature=inspect.signature(model.prepare_inputs_labels_for_multimodal),
@@ -95,13 +97,12 @@ def patch(model: nn.Module, config: DynTokConfig) -> None:
     )
     state.hook = inner.mm_projector.register_forward_pre_hook(functools.partial(_capture_projector_input, state))
     model.__dict__[STATE_ATTRIBUTE] = state
-    model.config.mm_newline_position = "grid"
     model.prepare_inputs_labels_for_multimodal = types.MethodType(_prepare_inputs_labels_for_multimodal, model)
     model.add_token_per_grid = types.MethodType(_add_token_per_grid, model)
 
 
 def unpatch(model: nn.Module) -> None:
-    """Remove the hook and the instance methods and restore the model's original newline setting."""
+    """Remove the hook and the instance methods (the config's newline setting was never changed)."""
     state = model.__dict__.pop(STATE_ATTRIBUTE, None)
     if state is None:
         return
@@ -111,11 +112,6 @@ def unpatch(model: nn.Module) -> None:
             model.__dict__.pop(name, None)
         else:
             setattr(model, name, original)
-    if state.newline_position is _MISSING:
-        if hasattr(model.config, "mm_newline_position"):
-            delattr(model.config, "mm_newline_position")
-    else:
-        model.config.mm_newline_position = state.newline_position
 
 
 def _hidden_size(model: nn.Module, inner: nn.Module) -> int:
@@ -178,13 +174,6 @@ def _check_config(model: nn.Module) -> None:
             "add_faster_video=True interleaves a second, coarser video stream that DynTok does not compress; "
             "set model.config.add_faster_video = False before patch_llava."
         )
-    state = model.__dict__.get(STATE_ATTRIBUTE)
-    if state is not None and getattr(cfg, "mm_newline_position", None) != "grid":
-        raise ValueError(
-            f"model.config.mm_newline_position was changed to {getattr(cfg, 'mm_newline_position', None)!r} after "
-            "patch_llava; DynTok needs 'grid' (choose the layout with model.dyntok.marker instead). Call "
-            "patch_llava(model) again to restore it."
-        )
 
 
 def _modalities_defaults(model: nn.Module) -> tuple:
@@ -213,16 +202,30 @@ def _prepare_inputs_labels_for_multimodal(self: nn.Module, *args: Any, **kwargs:
     images = bound.arguments.get("images")
     modalities = bound.arguments.get("modalities", _MISSING)
     if images is None or state.call is not None:
+        if images is None and state.call is None and bound.arguments.get("past_key_values") is None:
+            clear_stats(state.compressor)  # a new call without video (decode steps carry a cache)
         return state.prepare(*args, **kwargs)
     _check_config(self)
+    adopt_assigned(self, state.compressor)
     state.call = _plan(images, modalities, state.modalities_defaults)
+    original = state.call.newline_position = self.config.__dict__.get("mm_newline_position", _MISSING)
+    self.config.mm_newline_position = "grid"  # the route through add_token_per_grid, for this call only
     try:
         result = state.prepare(*args, **kwargs)
     finally:
         call, state.call = state.call, None
+        _restore_newline_position(self.config, original)
     state.compressor.last_stats = list(call.stats)  # all videos of the call ([] for images only)
     state.compressor.config.last_stats = list(call.stats)
     return result
+
+
+def _restore_newline_position(config: Any, original: Any) -> None:
+    """Put back the config's `mm_newline_position` (absent when it was absent)."""
+    if original is _MISSING:
+        config.__dict__.pop("mm_newline_position", None)
+    else:
+        config.mm_newline_position = original
 
 
 def _plan(images: Any, modalities: Any, defaults: tuple) -> _Call:
@@ -317,7 +320,7 @@ def _similarity_features(model: nn.Module, state: _State, frames: int, count: in
 
 def _warn_layout_once(model: nn.Module, state: _State) -> None:
     """Log once when DynTok's marker layout differs from the layout this checkpoint was trained with."""
-    original = state.newline_position
+    original = state.call.newline_position if state.call is not None else _MISSING
     original = _HOST_DEFAULT_POSITION if original is _MISSING else original
     stock = STOCK_MARKER.get(original)
     marker = state.compressor.config.marker

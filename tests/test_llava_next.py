@@ -58,8 +58,9 @@ def test_no_merge_reproduces_other_stock_layouts(position, marker):
     ids, images, modalities = one_video(frames=2)
     stock = logits(model, ids, images, modalities)
     patch_llava(model, threshold=1.0, marker=marker)
-    assert model.config.mm_newline_position == "grid"
+    assert model.config.mm_newline_position == position  # the config keeps the checkpoint's layout
     assert torch.equal(logits(model, ids, images, modalities), stock)
+    assert model.config.mm_newline_position == position
 
 
 def test_similarity_comes_from_pre_projector_features_and_tower_runs_once():
@@ -237,9 +238,9 @@ def test_calls_that_would_skip_dyntok_raise():
         logits(model, ids, [clip, clip], ["video"])
     with pytest.raises(ValueError, match=r"images=\[video\]"):
         model(input_ids=ids, images=clip, modalities=["video"], image_sizes=SIZES)
-    model.config.mm_newline_position = "one_token"
-    with pytest.raises(ValueError, match="changed to 'one_token' after patch_llava"):
-        logits(model, ids, [clip], ["video"])
+    model.config.mm_newline_position = "one_token"  # the checkpoint's own layout may change; DynTok still runs
+    logits(model, ids, [clip], ["video"])
+    assert len(model.dyntok.last_stats) == 1 and model.config.mm_newline_position == "one_token"
 
 
 def test_two_videos_in_one_sample_are_compressed_in_order():
@@ -292,3 +293,29 @@ def test_a_deep_copy_is_patched_on_its_own():
     assert not (model_embeds[0] == 3.0).all(-1).any()
     unpatch_llava(clone)
     assert llava_next.STATE_ATTRIBUTE in model.__dict__
+
+
+def test_a_config_saved_while_patched_keeps_the_original_layout(tmp_path):
+    model = tiny.tiny_model(mm_newline_position="one_token")
+    ids, images, modalities = one_video()
+    patch_llava(model, threshold=0.5)
+    logits(model, ids, images, modalities)
+    model.config.save_pretrained(tmp_path)
+    reloaded = type(model.config).from_pretrained(tmp_path)
+    assert reloaded.mm_newline_position == "one_token" and reloaded.dyntok["threshold"] == 0.5
+    fresh = tiny.tiny_model(**{k: v for k, v in reloaded.to_dict().items() if k in ("mm_newline_position", "dyntok")})
+    patch_llava(fresh)  # the saved settings
+    assert fresh.dyntok.threshold == 0.5
+    unpatch_llava(fresh)
+    assert fresh.config.mm_newline_position == "one_token"
+
+
+def test_statistics_are_cleared_by_a_call_without_video_but_kept_through_decoding():
+    model = tiny.tiny_model()
+    patch_llava(model, threshold=0.7)
+    ids, images, modalities = one_video()
+    generate(model, ids, images, modalities)
+    assert len(model.dyntok.last_stats) == 1  # decode steps (no images, with a cache) keep the prompt's statistics
+    with torch.no_grad():
+        model(input_ids=torch.tensor([[5, 6, 7, 8]]))
+    assert model.dyntok.last_stats == []

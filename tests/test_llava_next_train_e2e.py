@@ -99,5 +99,5 @@ def test_llava_next_training_script_fine_tunes_with_dyntok(tmp_path):
     assert len(losses) == 1 and math.isfinite(losses[0]), log[-4000:]
     assert log.count("DynTok runs with marker='row'") == 1  # the layout warning, logged once, from inside the hook
     saved = json.loads((out / "checkpoint-1" / "config.json").read_text())
-    assert saved["mm_newline_position"] == "grid"
+    assert saved["mm_newline_position"] == "one_token"  # the layout it was set up with, not DynTok's route
     assert saved["dyntok"]["train_threshold_range"] == [0.5, 0.9] and saved["dyntok"]["threshold"] == 0.7

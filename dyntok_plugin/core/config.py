@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import numbers
 from dataclasses import dataclass, field
 from typing import Any, Optional, Tuple
 
@@ -40,6 +41,8 @@ class DynTokConfig:
     last_stats: list = field(default_factory=list, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
+        for name in ("threshold", "target_ratio", "max_tokens", "seed", "train_threshold_range"):
+            object.__setattr__(self, name, _python_scalars(getattr(self, name)))
         self._validate()
         object.__setattr__(self, "_mirrors", [])
         object.__setattr__(self, "_ready", True)
@@ -127,6 +130,21 @@ class DynTokConfig:
     def has_budget(self) -> bool:
         """Whether a token budget (`max_tokens` or `target_ratio`) is set."""
         return self.max_tokens is not None or self.target_ratio is not None
+
+
+def _python_scalars(value: Any) -> Any:
+    """NumPy (or other `numbers`) scalars, 0-d arrays and arrays of pairs as plain Python ints/floats/tuples."""
+    if hasattr(value, "tolist") and callable(value.tolist) and getattr(value, "ndim", None) in (0, 1):
+        value = value.tolist()  # np.generic, 0-d / 1-d np.ndarray, torch scalars
+    if isinstance(value, list):
+        return tuple(_python_scalars(v) for v in value)
+    if isinstance(value, bool) or value is None:
+        return value
+    if isinstance(value, numbers.Integral):
+        return int(value)
+    if isinstance(value, numbers.Real):
+        return float(value)
+    return value
 
 
 def _require_real(name: str, value: Any, allowed: str) -> None:

@@ -17,10 +17,13 @@ _VIDEO_KEY_STRIDE = 4.0
 def left_similarity(features: Tensor) -> Tensor:
     """Cosine similarity of every token with its left neighbour, `(T, h, w, C) -> (T, h, w-1)` in float32.
 
-    Computed as `<a, b> / sqrt(|a|^2 |b|^2)` so that identical vectors give exactly 1; zero vectors give 0;
-    the result is clamped to [-1, 1].
+    Each vector is first divided by its largest magnitude (in float32, float64 for float64 input), so that finite
+    features near the float range's ends neither overflow nor underflow; then `<a, b> / sqrt(|a|^2 |b|^2)`, so that
+    identical vectors give exactly 1; zero vectors give 0; the result is clamped to [-1, 1].
     """
-    x = features.float()
+    accumulate = torch.float64 if features.dtype == torch.float64 else torch.float32
+    x = features.to(accumulate)
+    x = (x / x.abs().amax(-1, keepdim=True).clamp_min(torch.finfo(accumulate).tiny)).float()
     squared_norm = (x * x).sum(-1)
     dot = (x[:, :, 1:] * x[:, :, :-1]).sum(-1)
     denominator = torch.sqrt(squared_norm[:, :, 1:].double() * squared_norm[:, :, :-1].double()).float()

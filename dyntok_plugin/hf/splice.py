@@ -29,6 +29,7 @@ def splice(
     padding_side: str,
 ) -> dict:
     """Replace each video's placeholder run by its tokens, per sample in batch order, and re-pad the batch."""
+    check_text_inputs(input_ids, attention_mask, labels)
     embeds = embed(input_ids)
     valid = attention_mask.bool() if attention_mask is not None else torch.ones_like(input_ids, dtype=torch.bool)
     videos = _VideoCursor(chunks, expected, frames_per_video, host.tokens_per_frame)
@@ -39,6 +40,22 @@ def splice(
             f"{videos.next}; add one <video> per video to the prompts (the processor expands each into its run)."
         )
     return _pad_rows(rows, input_ids, attention_mask, labels, host, embed, padding_side)
+
+
+def check_text_inputs(input_ids: Tensor, attention_mask: Tensor | None, labels: Tensor | None) -> None:
+    """`input_ids` is `(batch, sequence)` and `attention_mask`/`labels` have exactly its shape (`ValueError` else)."""
+    if input_ids.dim() != 2:
+        raise ValueError(
+            f"input_ids must be (batch, sequence), got shape {tuple(input_ids.shape)}; for one sample add the batch "
+            "axis: input_ids.unsqueeze(0) (the processor's output already has it)."
+        )
+    for name, tensor in (("attention_mask", attention_mask), ("labels", labels)):
+        if tensor is not None and tuple(tensor.shape) != tuple(input_ids.shape):
+            raise ValueError(
+                f"{name} has shape {tuple(tensor.shape)} but input_ids {tuple(input_ids.shape)}; they must match "
+                f"position for position. Build {name} from the same padded batch as input_ids (e.g. the "
+                "processor's or collator's output)."
+            )
 
 
 class _VideoCursor:
