@@ -57,7 +57,7 @@ MATRIX = [
     for j, mode in enumerate(MODES)
 ]
 
-CASES = len(MATRIX) + 14  # every test here, parametrised: the child run must pass exactly these
+CASES = len(MATRIX) + 17  # every test here, parametrised: the child run must pass exactly these
 
 
 @contextlib.contextmanager
@@ -287,3 +287,17 @@ def test_dispatch_needs_no_gradient(fused_calls):
     with torch.no_grad():
         comp.compress_batch(features.double(), frames, similarity.double())
     assert fused_calls == []
+
+
+@pytest.mark.parametrize("scale", [1e-20, 1e20, 1e30])
+def test_fused_similarity_is_scale_free_at_the_ends_of_float32(scale, fused_calls):
+    """Both paths divide each vector by its largest magnitude before the cosine: features near 1e20 do not overflow
+    (every pair merging on NaN) and near 1e-20 do not underflow (identical vectors never merging)."""
+    features, _, frames = videos(6, frames=[1, 2])
+    features = features.float()
+    features[:, :, 2] = features[:, :, 1]  # identical neighbours must merge
+    make = lambda: make_compressor(DIM, torch.float32, threshold=0.9, marker="row")  # noqa: E731
+    reference, _ = both_paths(make, features, frames, None, fused_calls)
+    fused, plain = both_paths(make, features * scale, frames, None, fused_calls)
+    assert fused.lengths == reference.lengths and torch.equal(fused.token_map, reference.token_map)
+    assert torch.equal(fused.token_map, plain.token_map)

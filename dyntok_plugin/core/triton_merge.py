@@ -232,6 +232,17 @@ if triton is not None:
         return closes
 
     @triton.jit
+    def _load_pair(base, cols, in_row, has_left, start, channels, BLOCK_C: tl.constexpr):
+        """One block of channels of every token of a row and of its left neighbour, in float32 (zeros outside)."""
+        channel = start + tl.arange(0, BLOCK_C)
+        in_channels = channel < channels
+        mask = in_row[:, None] & in_channels[None, :]
+        here = tl.load(base + cols[:, None] * channels + channel[None, :], mask=mask, other=0.0).to(tl.float32)
+        left_mask = has_left[:, None] & in_channels[None, :]
+        left = tl.load(base + (cols[:, None] - 1) * channels + channel[None, :], mask=left_mask, other=0.0)
+        return here, left.to(tl.float32)
+
+    @triton.jit
     def _similarity_kernel(
         sim_features_ptr, similarity_ptr, starts_ptr, row_tokens_ptr, bad_ptr, thresholds_ptr, frame_video_ptr,
         rows, frames, channels,
@@ -243,22 +254,29 @@ if triton is not None:
         in_row = cols < W
         has_left = in_row & (cols >= 1)
         base = sim_features_ptr + row.to(tl.int64) * W * channels
+        # Pass 1: each vector's largest magnitude (cosines are scale-free: dividing by it keeps finite features near
+        # the float range's ends from overflowing or underflowing, as the PyTorch path does) and the NaN/Inf count.
+        here_max = tl.zeros([BLOCK_W], dtype=tl.float32)
+        left_max = tl.zeros([BLOCK_W], dtype=tl.float32)
+        bad = tl.zeros([BLOCK_W], dtype=tl.int32)
+        for start in range(0, channels, BLOCK_C):
+            here, left = _load_pair(base, cols, in_row, has_left, start, channels, BLOCK_C)
+            here_max = tl.maximum(here_max, tl.max(tl.abs(here), 1))
+            left_max = tl.maximum(left_max, tl.max(tl.abs(left), 1))
+            bad += tl.sum((~(tl.abs(here) < float("inf"))).to(tl.int32), 1)
+        here_max = tl.maximum(here_max, 1.1754943508222875e-38)
+        left_max = tl.maximum(left_max, 1.1754943508222875e-38)
+        # Pass 2: norms and dot products of the scaled vectors, float32 accumulation.
         squared = tl.zeros([BLOCK_W], dtype=tl.float32)
         left_squared = tl.zeros([BLOCK_W], dtype=tl.float32)
         dot = tl.zeros([BLOCK_W], dtype=tl.float32)
-        bad = tl.zeros([BLOCK_W], dtype=tl.int32)
         for start in range(0, channels, BLOCK_C):
-            channel = start + tl.arange(0, BLOCK_C)
-            in_channels = channel < channels
-            mask = in_row[:, None] & in_channels[None, :]
-            here = tl.load(base + cols[:, None] * channels + channel[None, :], mask=mask, other=0.0).to(tl.float32)
-            left_mask = has_left[:, None] & in_channels[None, :]
-            left = tl.load(base + (cols[:, None] - 1) * channels + channel[None, :], mask=left_mask, other=0.0)
-            left = left.to(tl.float32)
+            here, left = _load_pair(base, cols, in_row, has_left, start, channels, BLOCK_C)
+            here = here / here_max[:, None]
+            left = left / left_max[:, None]
             squared += tl.sum(here * here, 1)
             left_squared += tl.sum(left * left, 1)
             dot += tl.sum(here * left, 1)
-            bad += tl.sum((~(tl.abs(here) < float("inf"))).to(tl.int32), 1)
         denominator = tl.sqrt(squared.to(tl.float64) * left_squared.to(tl.float64)).to(tl.float32)
         similarity = tl.where(denominator > 0, dot / tl.maximum(denominator, 1.1754943508222875e-38), 0.0)
         similarity = tl.minimum(tl.maximum(similarity, -1.0), 1.0)
