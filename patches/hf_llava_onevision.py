@@ -270,9 +270,10 @@ def _splice_videos(model: nn.Module, state: _State, call: dict, padding_side: st
     strategy = call.get("vision_feature_select_strategy")
     chunks = _video_tokens(model, state, frames, frames_per_video, layer, strategy)
     expected = [f * host.tokens_per_frame + 1 for f in frames_per_video]
+    multiple = state.compressor.config.pad_to_multiple_of if call.get("labels") is not None else None
     spliced = splice(
         input_ids, call.get("attention_mask"), call.get("labels"), chunks, expected, frames_per_video, host,
-        model.get_input_embeddings(), padding_side,
+        model.get_input_embeddings(), padding_side, multiple,
     )
     call.update(spliced)
     if call.get("position_ids") is not None:

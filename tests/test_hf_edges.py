@@ -96,7 +96,7 @@ def test_numpy_settings_become_python_numbers():
     )
     assert cfg.to_dict() == {
         "threshold": 0.5, "train_threshold_range": [0.25, 0.75], "similarity": "vision", "marker": "row",
-        "max_tokens": 40, "target_ratio": None, "seed": 3,
+        "max_tokens": 40, "target_ratio": None, "seed": 3, "pad_to_multiple_of": None,
     }
     assert type(cfg.threshold) is float and type(cfg.max_tokens) is int and type(cfg.seed) is int
     cfg.update(max_tokens=None, target_ratio=np.float64(0.5))

@@ -4,7 +4,6 @@ several videos per sample, images, markers and budgets (forward's last real logi
 import functools
 
 import hf_tiny as tiny
-import pytest
 import torch
 import transformers
 from hypothesis import HealthCheck, given, settings

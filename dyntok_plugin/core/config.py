@@ -29,6 +29,10 @@ class DynTokConfig:
         max_tokens (`int` or `None`): per-video budget, markers included, met exactly; a cap on the threshold.
         target_ratio (`float` in (0, 1] or `None`): budget as a fraction of the pooled grid, `floor(ratio * F*h*w)`.
         seed (`int` or `None`): seeds the training-threshold draws; `None` uses torch's global RNG.
+        pad_to_multiple_of (`int` or `None`): in training (calls with labels), pad the spliced sequence length up to a
+            multiple of this, so that random thresholds give few distinct lengths (allocator and kernel selection
+            costs per new length); the extra positions are padding (masked, labels -100). `None` pads to the
+            longest sample only.
     """
 
     threshold: Optional[float] = 0.7
@@ -38,10 +42,11 @@ class DynTokConfig:
     max_tokens: Optional[int] = None
     target_ratio: Optional[float] = None
     seed: Optional[int] = None
+    pad_to_multiple_of: Optional[int] = None
     last_stats: list = field(default_factory=list, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
-        for name in ("threshold", "target_ratio", "max_tokens", "seed", "train_threshold_range"):
+        for name in ("threshold", "target_ratio", "max_tokens", "seed", "train_threshold_range", "pad_to_multiple_of"):
             object.__setattr__(self, name, _python_scalars(getattr(self, name)))
         self._validate()
         object.__setattr__(self, "_mirrors", [])
@@ -125,6 +130,9 @@ class DynTokConfig:
             raise ValueError("threshold=None needs a budget: set max_tokens or target_ratio, or give a threshold.")
         if self.seed is not None and (isinstance(self.seed, bool) or not isinstance(self.seed, int)):
             raise ValueError(f"seed must be an int or None, got {self.seed!r}.")
+        multiple = self.pad_to_multiple_of
+        if multiple is not None and (isinstance(multiple, bool) or not isinstance(multiple, int) or multiple < 1):
+            raise ValueError(f"pad_to_multiple_of must be a positive int or None, got {multiple!r}.")
 
     @property
     def has_budget(self) -> bool:
