@@ -363,6 +363,8 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--pixels", choices=["clip", "random"], default="clip")
     parser.add_argument("--pad-to-multiple-of", type=int, default=None,
                         help="DynTok's pad_to_multiple_of setting (default: the library's default)")
+    parser.add_argument("--no-cudnn-attention", action="store_true",
+                        help="turn off the cuDNN backend of scaled_dot_product_attention (it plans per new length)")
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--steps", type=int, default=8)
     parser.add_argument("--profile", action="store_true", help="split each step with torch.profiler")
@@ -378,6 +380,8 @@ def parse_args() -> argparse.Namespace:
     if args.precision == "auto":
         args.precision = "bf16" if device.type == "cuda" and torch.cuda.is_bf16_supported() else "fp32"
     args.device = device
+    if args.no_cudnn_attention:
+        torch.backends.cuda.enable_cudnn_sdp(False)
     return args
 
 

@@ -36,6 +36,8 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser.add_argument("--threshold", type=float, default=0.7, help="DynTok threshold at inference (eval mode)")
     parser.add_argument("--train-threshold-range", type=float, nargs=2, default=(0.6, 0.9), metavar=("LO", "HI"))
     parser.add_argument("--fixed-threshold", action="store_true", help="train with --threshold, no random draws")
+    parser.add_argument("--pad-to-multiple-of", type=int, default=None, metavar="N",
+                        help="pad spliced training sequences to a multiple of N (default: 64 with random thresholds)")
     parser.add_argument("--marker", default="row", choices=MARKERS)
     parser.add_argument("--similarity", default="vision", choices=SIMILARITIES)
     parser.add_argument("--train", default="projector,marker,llm", help=f"comma list from {TRAINABLE_PARTS}")
@@ -121,6 +123,7 @@ def _model(args: argparse.Namespace) -> torch.nn.Module:
         marker=args.marker,
         similarity=args.similarity,
         dtype=torch.float32,
+        **({} if args.pad_to_multiple_of is None else {"pad_to_multiple_of": args.pad_to_multiple_of}),
     )
 
 

@@ -14,6 +14,7 @@ from ..hf.parts import find_parts
 TRAINABLE_PARTS = ("projector", "marker", "llm", "vision")
 LLM_LINEAR = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 VISION_LINEAR = ("q_proj", "k_proj", "v_proj", "out_proj", "fc1", "fc2")
+RANDOM_THRESHOLD_PADDING = 64  # measured: benchmarks/NOTES-train.md
 
 
 def parse_parts(parts: str | Sequence[str]) -> tuple[str, ...]:
@@ -57,6 +58,7 @@ def setup_model(
     similarity: str = "vision",
     dtype: torch.dtype = torch.float32,
     attn_implementation: Optional[str] = None,
+    pad_to_multiple_of: Optional[int] = ...,
     **dyntok_settings: Any,
 ) -> torch.nn.Module:
     """Load a checkpoint, switch DynTok on, and choose what trains.
@@ -65,6 +67,11 @@ def setup_model(
     tower, when chosen, get LoRA adapters on their linear layers, while the projector and the marker are trained
     in full (PEFT `modules_to_save` for the projector; the marker is a bare parameter, so it stays trainable on the
     base model and is kept by `save_for_inference`).
+
+    `pad_to_multiple_of` defaults to `RANDOM_THRESHOLD_PADDING` (64) when thresholds are drawn at random, else
+    None: random thresholds give a new sequence length every step, and each new length costs attention-kernel
+    planning and allocator work that padding to a multiple avoids (`benchmarks/NOTES-train.md`); fixed lengths
+    need no padding, which would only add a mask.
     """
     from transformers import LlavaOnevisionForConditionalGeneration
 
@@ -77,8 +84,11 @@ def setup_model(
     if attn_implementation:
         kwargs["attn_implementation"] = attn_implementation
     model = LlavaOnevisionForConditionalGeneration.from_pretrained(model_path, **kwargs)
+    if pad_to_multiple_of is ...:
+        pad_to_multiple_of = RANDOM_THRESHOLD_PADDING if train_threshold_range is not None else None
     patch_llava(
         model,
+        pad_to_multiple_of=pad_to_multiple_of,
         threshold=threshold,
         train_threshold_range=train_threshold_range,
         marker=marker,
