@@ -134,8 +134,12 @@ run_tests() {
     counts=$(grep -E "[0-9]+ (passed|failed|error|errors|skipped)|no tests ran" "$log" | tail -1 | sed -E 's/=//g; s/ in [0-9.]+s.*//; s/^ +| +$//g')
     finish "$env" "$rc" "${counts:-no summary}" "$ENV_T0"
     if [ "$rc" = 0 ] && [ "$FREEZE" = 1 ]; then
-        "$python" -m pip freeze --exclude-editable | grep -vi "^dyntok[-_]plugin" >"constraints/$env.txt"
-        echo "[$env] wrote constraints/$env.txt"
+        mkdir -p constraints
+        if "$python" -m pip freeze --exclude-editable | grep -vi "^dyntok[-_]plugin" >"constraints/$env.txt.new"; then
+            mv "constraints/$env.txt.new" "constraints/$env.txt" && echo "[$env] wrote constraints/$env.txt"
+        else
+            rm -f "constraints/$env.txt.new"; echo "[$env] pip freeze failed: constraints/$env.txt left as it was"
+        fi
     fi
 }
 
