@@ -128,7 +128,7 @@ run_tests() {
     local env=$1 python=$2; shift 2
     local t0=$SECONDS log="$LOGS/$env-pytest.log"
     echo "[$env] pytest $* ($("$python" -c 'import sys, torch, transformers; print(f"python {sys.version.split()[0]}, torch {torch.__version__}, transformers {transformers.__version__}")'))"
-    "$python" -m pytest -q -p no:cacheprovider "$@" 2>&1 | tee "$log"
+    "$python" -m pytest -q -p no:cacheprovider --durations=5 "$@" 2>&1 | tee "$log"
     local rc=${PIPESTATUS[0]}
     local counts
     counts=$(grep -E "[0-9]+ (passed|failed|error|errors|skipped)|no tests ran" "$log" | tail -1 | sed -E 's/=//g; s/ in [0-9.]+s.*//; s/^ +| +$//g')
@@ -183,8 +183,9 @@ for env in "${ENVS[@]}"; do
         echo "== tf4: transformers 4.55.4 + llavaction, torch 2.14.1 + torchvision (.venv-tf4)"
         await_torch tf4 || { install_failed tf4; continue; }
         T=.venv-tf4/bin/python
+        # llavaction declares no requirements; it needs einops (without it, its models fail to import).
         pip_install tf4 $T "installing -e .[test], transformers 4.55.4, llavaction 0.0.1" \
-            -e ".[test]" "${TORCH_TV[@]}" "transformers==4.55.4" "llavaction==0.0.1" || { install_failed tf4; continue; }
+            -e ".[test]" "${TORCH_TV[@]}" "transformers==4.55.4" "llavaction==0.0.1" einops || { install_failed tf4; continue; }
         run_tests tf4 $T tests/test_llava_next*.py tests/test_hf*.py tests/test_finetune*.py tests/test_convergence*.py
         ;;
     tv)
