@@ -21,11 +21,19 @@ EXTRAS = {
         "tqdm>=4.60",
     ],
     "train": ["accelerate>=0.34", "peft>=0.13"],
-    "eval": ["lmms-eval>=0.7,<0.8"],
-    # LLaVA-NeXT is not on PyPI: install it yourself from git (see README, "Supported hosts").
-    "llava-next": [],
+    "eval": [
+        "lmms-eval>=0.7,<0.8",
+        "tqdm>=4.60",  # imported by dyntok_plugin.eval.lmms
+        "accelerate>=0.34",  # imported by dyntok_plugin.eval.lmms (one replica per process)
+        # lmms-eval 0.7.x imports filelock._api, which filelock 4 removed: the import fails, lmms-eval logs the
+        # error and exits 0 without evaluating.
+        "filelock<4",
+    ],
+    # LLaVA-NeXT is not on PyPI and has no extra: install it from git (README, "Supported hosts").
 }
 EXTRAS["test"] += [req for req in EXTRAS["demo"] + EXTRAS["train"] if req not in EXTRAS["test"]]
+# The fused kernels' tests run on the CPU through Triton's interpreter (TRITON_INTERPRET=1); Triton ships for Linux.
+EXTRAS["test"] += ['triton>=3.0; platform_system == "Linux"']
 
 setup(
     name="dyntok-plugin",
@@ -35,7 +43,9 @@ setup(
     long_description=(HERE / "README.md").read_text(encoding="utf-8"),
     long_description_content_type="text/markdown",
     license="Apache-2.0",
-    python_requires=">=3.9",
+    # 3.10: nothing newer is used (tests/test_packaging.py parses the package as 3.10) and transformers 5 needs it;
+    # CI runs 3.11.
+    python_requires=">=3.10",
     packages=[
         "dyntok_plugin",
         "dyntok_plugin.core",
@@ -46,7 +56,8 @@ setup(
         "dyntok_plugin.train",
     ],
     package_dir={"dyntok_plugin": "dyntok_plugin", "dyntok_plugin.patches": "patches"},
-    install_requires=["torch>=2.1", "transformers>=4.45,<6", "einops>=0.6"],
+    # What the package imports at its top level (numpy: video, processing, the CLI); the rest lives in the extras.
+    install_requires=["torch>=2.1", "transformers>=4.45,<6", "numpy>=1.24"],
     extras_require=EXTRAS,
     entry_points={
         "console_scripts": ["dyntok=dyntok_plugin.cli:main"],

@@ -1,4 +1,4 @@
-"""``python -m dyntok_plugin``: the ``dyntok`` command."""
+"""`python -m dyntok_plugin`: the `dyntok` command."""
 
 from .cli import main
 

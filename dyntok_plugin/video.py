@@ -1,7 +1,7 @@
 """Video decoding with PyAV: uniform frame sampling as the LLaVA-OneVision video loaders do it.
 
-LLaVA-NeXT and lmms-eval pick ``np.linspace(0, total - 1, num_frames, dtype=int)`` over the
-frame count; :func:`load_video` does the same and returns RGB frames as one uint8 array.
+LLaVA-NeXT and lmms-eval pick `np.linspace(0, total - 1, num_frames, dtype=int)` over the
+frame count; `load_video` does the same and returns RGB frames as one uint8 array.
 Every failure (missing file, not a video, corrupt or truncated stream, too few frames) raises an
 exception whose message names the file, the problem and the fix.
 """
@@ -48,7 +48,7 @@ def _import_av():
 
 
 def sample_indices(total_frames: int, num_frames: int) -> np.ndarray:
-    """Indices of ``num_frames`` frames spread uniformly over ``total_frames`` (first and last included)."""
+    """Indices of `num_frames` frames spread uniformly over `total_frames` (first and last included)."""
     if isinstance(num_frames, bool) or not isinstance(num_frames, (int, np.integer)) or num_frames < 1:
         raise ValueError(f"num_frames must be a positive integer, got {num_frames!r}")
     if total_frames < num_frames:
@@ -113,7 +113,7 @@ def probe_video(path: str | os.PathLike) -> VideoInfo:
 
 
 def _decode_selected(av, p: Path, wanted: np.ndarray, progress: Callable[[int], None] | None) -> tuple[list, int]:
-    """Decode up to the last wanted frame, keeping the frames at ``wanted``; returns them and the decoded count.
+    """Decode up to the last wanted frame, keeping the frames at `wanted`; returns them and the decoded count.
 
     A decoding error after the first frame ends the stream there (a truncated file), with a warning.
     """
@@ -151,11 +151,11 @@ def load_video(
     num_frames: int,
     progress: Callable[[int], None] | None = None,
 ) -> np.ndarray:
-    """Decode ``num_frames`` frames sampled uniformly over the video, as uint8 RGB ``(F, H, W, 3)``.
+    """Decode `num_frames` frames sampled uniformly over the video, as uint8 RGB `(F, H, W, 3)`.
 
-    Sampling follows LLaVA-OneVision (``np.linspace`` over the frame count). When the header
-    overstates the frame count, the count actually decoded is used instead. ``progress``, if given,
-    is called with 1 for every kept frame (e.g. ``tqdm.update``).
+    Sampling follows LLaVA-OneVision (`np.linspace` over the frame count). When the header
+    overstates the frame count, the count actually decoded is used instead. `progress`, if given,
+    is called with 1 for every kept frame (e.g. `tqdm.update`).
     """
     sample_indices(num_frames, num_frames)
     av = _import_av()

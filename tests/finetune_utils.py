@@ -53,8 +53,12 @@ def free_port() -> int:
 
 
 def offline_env() -> dict:
-    """The current environment with hub access off and one thread per process (two processes on two cores)."""
-    env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", OMP_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false")
+    """The current environment with hub access off, one thread per process (two processes on two cores) and
+    torch.distributed on the loopback interface (commands.loopback_env)."""
+    import commands
+
+    env = dict(commands.loopback_env(), HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", OMP_NUM_THREADS="1",
+               TOKENIZERS_PARALLELISM="false")
     env["PYTHONPATH"] = os.pathsep.join([str(REPO), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
     return env
 

@@ -1,6 +1,6 @@
 """Video files for tests: the bundled real clip, and clips written on the spot with PyAV.
 
-The bundled clip (``assets/city_cc0.mp4``, CC0) is busy real content. The synthetic "flat" clip is a
+The bundled clip (`assets/city_cc0.mp4`, CC0) is busy real content. The synthetic "flat" clip is a
 smooth colour gradient (a clear sky) held still, the kind of frame DynTok should compress hardest.
 The damaged files are made from the real clip so they look like real-world failures.
 """
@@ -18,7 +18,7 @@ CITY_SIZE = (480, 270)
 
 
 def write_clip(path: Path, frames: np.ndarray, fps: int = 25, faststart: bool = False) -> Path:
-    """Encode uint8 RGB frames ``(F, H, W, 3)`` (even H, W) as H.264 in ``path``."""
+    """Encode uint8 RGB frames `(F, H, W, 3)` (even H, W) as H.264 in `path`."""
     import av
 
     options = {"movflags": "faststart"} if faststart else {}
@@ -46,7 +46,7 @@ def flat_clip(path: Path, count: int = 8) -> Path:
 
 
 def short_clip(path: Path, count: int = 5) -> Path:
-    """The first ``count`` frames of the real clip, re-encoded."""
+    """The first `count` frames of the real clip, re-encoded."""
     import av
 
     with av.open(str(CITY_CLIP)) as src:

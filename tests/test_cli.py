@@ -47,19 +47,19 @@ runpy.run_module("dyntok_plugin", run_name="__main__", alter_sys=True)
 
 
 def run_without(modules: str, *argv) -> subprocess.CompletedProcess:
-    """The command in a fresh interpreter where ``modules`` cannot be imported."""
+    """The command in a fresh interpreter where `modules` cannot be imported."""
     return subprocess.run([sys.executable, "-c", REFUSING_BOOTSTRAP, modules, *map(str, argv)],
                           capture_output=True, text=True, timeout=180)
 
 
 def stages_and_errors(stderr: str) -> tuple[list, list]:
-    """stderr split into progress lines (``[k/n +t s] stage: ...``) and everything else."""
+    """stderr split into progress lines (`[k/n +t s] stage: ...`) and everything else."""
     lines = stderr.splitlines()
     return [line for line in lines if STAGE.match(line)], [line for line in lines if not STAGE.match(line)]
 
 
 def legend_under(lines: list, header: str, rows: int) -> str:
-    """The line right under a table whose header line starts with ``header`` and that has ``rows`` rows."""
+    """The line right under a table whose header line starts with `header` and that has `rows` rows."""
     start = next(i for i, line in enumerate(lines) if line.split()[:1] == [header])
     return lines[start + 1 + rows]
 

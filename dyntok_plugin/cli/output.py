@@ -6,7 +6,7 @@ from pathlib import Path
 
 
 class OutputFolder:
-    """The ``--out`` folder: checked up front, created only when the first file is written, and removed again
+    """The `--out` folder: checked up front, created only when the first file is written, and removed again
     (with the files this run wrote into it) when the run fails after creating it.
 
     A folder that existed before the run, and whatever it held, is never deleted.
@@ -20,7 +20,7 @@ class OutputFolder:
         self.written: list[Path] = []
 
     def file(self, name: str) -> Path:
-        """Path of ``name`` in the folder, creating the folder (and missing parents) on first use."""
+        """Path of `name` in the folder, creating the folder (and missing parents) on first use."""
         if not self.root.is_dir():
             missing = [folder for folder in (self.root, *self.root.parents) if not folder.exists()]
             self.root.mkdir(parents=True, exist_ok=True)

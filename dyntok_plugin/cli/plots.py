@@ -1,8 +1,8 @@
-"""Figures for the ``dyntok`` command (matplotlib, Agg backend: no display needed).
+"""Figures for the `dyntok` command (matplotlib, Agg backend: no display needed).
 
-- :func:`merge_map`: frames with the pooled grid drawn on them, patches merged into their left
+- `merge_map`: frames with the pooled grid drawn on them, patches merged into their left
   neighbour shaded and group boundaries drawn thick (the style of DynTok's Figure 1).
-- :func:`ratio_plot`: ratio (tokens out / pooled tokens in) against the threshold, one curve per series.
+- `ratio_plot`: ratio (tokens out / pooled tokens in) against the threshold, one curve per series.
 
 Figure sizes are fixed by the constants below, so a caller knows the PNG size in advance.
 """
@@ -35,7 +35,7 @@ def _pyplot():
 
 
 def merge_map_size(panels: int, frame_height: int, frame_width: int) -> tuple[int, int]:
-    """Pixel size ``(width, height)`` of a merge map with ``panels`` frames of the given shape."""
+    """Pixel size `(width, height)` of a merge map with `panels` frames of the given shape."""
     width = panels * PANEL_WIDTH_IN
     height = PANEL_WIDTH_IN * frame_height / frame_width + TITLE_HEIGHT_IN
     return round(width * DPI), round(height * DPI)
@@ -48,7 +48,7 @@ def merge_map(
     path: str | os.PathLike,
     suptitle: str = "",
 ) -> tuple[int, int]:
-    """Draw frames ``(k, H, W, 3)`` with their pooled ``(k, h, w)`` token map; returns the PNG size written.
+    """Draw frames `(k, H, W, 3)` with their pooled `(k, h, w)` token map; returns the PNG size written.
 
     A cell whose token is the same as its left neighbour's was merged into it and is shaded; the thick
     vertical lines are group boundaries inside a row.
@@ -91,7 +91,7 @@ def ratio_plot(
     marks: Sequence[float] = (),
     target_ratio: float | None = None,
 ) -> tuple[int, int]:
-    """Ratio against threshold for each named series; vertical lines at ``marks``, a horizontal one at the target."""
+    """Ratio against threshold for each named series; vertical lines at `marks`, a horizontal one at the target."""
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=RATIO_PLOT_SIZE_IN, dpi=DPI)
     for label, ratios in series.items():

@@ -1,6 +1,6 @@
 """Reading Hugging Face checkpoints: side files saved next to the weights, and version-dependent load options.
 
-Shared by the ``dyntok`` command, the frame encoders, the lmms-eval backends and the examples, so that each
+Shared by the `dyntok` command, the frame encoders, the lmms-eval backends and the examples, so that each
 reads a checkpoint's chat template and image normalisation the same way.
 """
 
@@ -20,12 +20,12 @@ CHAT_TEMPLATE_FILES = ("chat_template.jinja", "chat_template.json")
 
 
 def dtype_argument(dtype: Any) -> dict:
-    """The ``from_pretrained`` keyword for the weights' dtype (``torch_dtype`` before transformers 4.56)."""
+    """The `from_pretrained` keyword for the weights' dtype (`torch_dtype` before transformers 4.56)."""
     return {"dtype" if transformers_version() >= (4, 56) else "torch_dtype": dtype}
 
 
 def checkpoint_file(id_or_path: str, names: Sequence[str]) -> Path | None:
-    """The first of ``names`` saved with the checkpoint (folder or cached hub id), or None when none is."""
+    """The first of `names` saved with the checkpoint (folder or cached hub id), or None when none is."""
     from transformers.utils import cached_file
 
     for name in names:
@@ -50,7 +50,7 @@ def image_normalisation(id_or_path: str) -> tuple[tuple, tuple]:
 
 
 def saved_chat_template(id_or_path: str) -> str | None:
-    """The processor's chat template saved with the checkpoint (``.jinja`` or ``.json``), or None."""
+    """The processor's chat template saved with the checkpoint (`.jinja` or `.json`), or None."""
     path = checkpoint_file(id_or_path, CHAT_TEMPLATE_FILES)
     if path is None:
         return None

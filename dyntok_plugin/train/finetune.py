@@ -1,7 +1,7 @@
 """The fine-tuning command (`python -m dyntok_plugin.train.finetune`, `examples/finetune_hf.py`): parse the
 arguments, load the data and the model, train with Hugging Face `Trainer` and save for inference.
 
-One process::
+One process:
 
     python -m dyntok_plugin.train.finetune --model CHECKPOINT --data train.jsonl --output-dir out
 
