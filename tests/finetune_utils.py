@@ -25,6 +25,7 @@ REPO = Path(__file__).resolve().parents[1]
 CLIP = REPO / "assets" / "city_cc0.mp4"
 
 FRAME_COUNTS = (4, 2, 3, 4)
+QA_PAIRS = synthetic.QA_PAIRS
 
 
 def build_processor(chat_template: str = hf_tiny.CHAT_TEMPLATE):

@@ -16,12 +16,15 @@ MIXED_OK = tuple(int(p) for p in transformers.__version__.split(".")[:2]) >= (4,
 def _last_logits(model, samples, side="right", **pixels):
     """Logits at each sample's last real position, for a batch of `samples`."""
     batch = tiny.pad_batch(samples, side=side)
-    logits = model(**batch, **pixels).logits
-    width = logits.shape[1]
+    out = model(**batch, **pixels)
     if side == "left":
-        return logits[:, -1]
-    lengths = _spliced_lengths(model, samples, width)
-    return torch.stack([logits[i, n - 1] for i, n in enumerate(lengths)])
+        return out.logits[:, -1]
+    # The mask of the sequence that ran: an unpadded batch whose samples DynTok shortens differently is re-padded
+    # on the left; a right-padded one stays right-padded.
+    mask = out.attention_mask
+    last = mask.shape[1] - 1 - mask.flip(-1).long().argmax(-1)
+    assert last.tolist() == [n - 1 for n in _spliced_lengths(model, samples, mask.shape[1])] or not bool(mask.all())
+    return out.logits[torch.arange(len(last)), last]
 
 
 def _spliced_lengths(model, samples, width):
