@@ -28,15 +28,7 @@ SETTINGS = [
 ]
 
 
-@contextlib.contextmanager
-def pytorch_path():
-    """Force the PyTorch path for the duration."""
-    previous = triton_merge.ENABLED
-    triton_merge.ENABLED = False
-    try:
-        yield
-    finally:
-        triton_merge.ENABLED = previous
+pytorch_path = triton_merge.disabled  # force the PyTorch path for the duration
 
 
 SYNCHRONISING_CALLS = {"cudaStreamSynchronize", "cudaDeviceSynchronize", "cudaEventSynchronize", "cudaMemcpy"}

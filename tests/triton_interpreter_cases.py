@@ -60,15 +60,7 @@ MATRIX = [
 CASES = len(MATRIX) + 17  # every test here, parametrised: the child run must pass exactly these
 
 
-@contextlib.contextmanager
-def pytorch_path():
-    """Force the PyTorch path for the duration."""
-    previous = triton_merge.ENABLED
-    triton_merge.ENABLED = False
-    try:
-        yield
-    finally:
-        triton_merge.ENABLED = previous
+pytorch_path = triton_merge.disabled  # force the PyTorch path for the duration
 
 
 @pytest.fixture

@@ -18,6 +18,7 @@ the PyTorch path handles training). Set `ENABLED = False` to force the PyTorch p
 
 from __future__ import annotations
 
+import contextlib
 import sys
 from dataclasses import dataclass
 from typing import Optional, Sequence
@@ -37,6 +38,18 @@ if triton is not None and int(triton.__version__.split(".")[0]) < 3:  # tl.dot's
     triton = None
 
 ENABLED = True
+
+
+@contextlib.contextmanager
+def disabled():
+    """Within the block every call takes the PyTorch path (to compare against the fused kernels, or to rule them out
+    when debugging)."""
+    global ENABLED
+    previous, ENABLED = ENABLED, False
+    try:
+        yield
+    finally:
+        ENABLED = previous
 """Set to False to send every call through the PyTorch path (benchmarks, debugging)."""
 
 MARKER_CODES = {"none": 0, "row": 1, "frame": 2, "video": 3}
