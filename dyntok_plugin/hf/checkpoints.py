@@ -1,4 +1,6 @@
-"""Reading Hugging Face checkpoints: side files saved next to the weights, and version-dependent load options.
+"""Reading Hugging Face checkpoints: side files saved next to the weights, and the version-dependent options of
+loading (`dtype`/`torch_dtype`) and training (activation/gradient checkpointing): every transformers-version
+difference of the tools goes through here or `common.transformers_version`.
 
 Shared by the `dyntok` command, the frame encoders, the lmms-eval backends and the examples, so that each
 reads a checkpoint's chat template and image normalisation the same way.
@@ -22,6 +24,18 @@ CHAT_TEMPLATE_FILES = ("chat_template.jinja", "chat_template.json")
 def dtype_argument(dtype: Any) -> dict:
     """The `from_pretrained` keyword for the weights' dtype (`torch_dtype` before transformers 4.56)."""
     return {"dtype" if transformers_version() >= (4, 56) else "torch_dtype": dtype}
+
+
+def checkpointing_arguments() -> dict:
+    """The `TrainingArguments` fields that turn on non-reentrant activation checkpointing (`activation_*` since
+    transformers 5.x renamed them, `gradient_*` before)."""
+    import dataclasses
+
+    from transformers import TrainingArguments
+
+    names = {f.name for f in dataclasses.fields(TrainingArguments)}
+    prefix = "activation" if "activation_checkpointing" in names else "gradient"
+    return {f"{prefix}_checkpointing": True, f"{prefix}_checkpointing_kwargs": {"use_reentrant": False}}
 
 
 def checkpoint_file(id_or_path: str, names: Sequence[str]) -> Path | None:

@@ -6,6 +6,7 @@ from typing import Any
 
 import torch
 
+from ..hf.checkpoints import checkpointing_arguments
 from .data import VideoQACollator
 
 
@@ -22,17 +23,12 @@ def build_trainer(
     need no input-gradient hooks. `remove_unused_columns` stays on: it keeps only the keys named in the patched
     `forward`'s signature, which `patch_llava` preserves (`functools.wraps`), so `pixel_values_videos` gets through.
     """
-    import dataclasses
-
     from transformers import Trainer, TrainingArguments
 
     defaults = dict(report_to=[], save_strategy="no", logging_steps=1, remove_unused_columns=True)
     defaults.update(training_args)
     if checkpointing:
-        names = {f.name for f in dataclasses.fields(TrainingArguments)}
-        prefix = "activation" if "activation_checkpointing" in names else "gradient"  # renamed in transformers 5.x
-        defaults[f"{prefix}_checkpointing"] = True
-        defaults[f"{prefix}_checkpointing_kwargs"] = {"use_reentrant": False}
+        defaults.update(checkpointing_arguments())
     args = TrainingArguments(**defaults)
     collator = VideoQACollator(processor.tokenizer.pad_token_id, padding_side="right")
     return Trainer(model=model, args=args, train_dataset=dataset, data_collator=collator)
