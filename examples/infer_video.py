@@ -6,10 +6,8 @@
 `--model` is a hub id or a local folder. Frames are decoded with PyAV and sampled uniformly over the whole video,
 as LLaVA-OneVision does (`dyntok_plugin.video.load_video`). The prompt and pixels come from the checkpoint's
 processor when it loads (transformers 5.x needs torchvision for the video processor); otherwise from its
-tokenizer, a LLaVA-OneVision chat prompt and the processor's preprocessing as `dyntok_plugin.hf.processing` does it
-(antialiased bicubic resize to the tower's size, `image_mean`/`image_std` from the checkpoint's preprocessor
-config, else SigLIP's 0.5/0.5). `--no-dyntok` runs the stock model for comparison; `--json` prints one JSON
-object instead of text.
+tokenizer and the processor's preprocessing (`dyntok_plugin.hf.processing.video_question_inputs`). `--no-dyntok`
+runs the stock model for comparison; `--json` prints one JSON object instead of text.
 """
 
 from __future__ import annotations
@@ -20,20 +18,16 @@ import logging
 import sys
 from collections.abc import Sequence
 
-import numpy as np
 import torch
 
 from dyntok_plugin import patch_llava
 from dyntok_plugin.core.config import MARKERS
-from dyntok_plugin.hf.checkpoints import dtype_argument, image_normalisation
-from dyntok_plugin.hf.processing import frames_to_pixels, user_turn, video_prompt_ids, video_token_id
+from dyntok_plugin.hf.checkpoints import dtype_argument
+from dyntok_plugin.hf.processing import video_question_inputs, video_token_id
 from dyntok_plugin.core.stats import summarize
 from dyntok_plugin.video import load_video
 
 logger = logging.getLogger("infer_video")
-
-FALLBACK_PROMPT = "<|im_start|>user <video>\n{question}<|im_end|>\n<|im_start|>assistant\n"
-
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -59,36 +53,6 @@ def load_model(name: str, dtype: torch.dtype, device: str):
     return model.to(device).eval()
 
 
-def build_inputs(name: str, model, frames: np.ndarray, question: str) -> dict:
-    """Prompt ids, mask and `pixel_values_videos` for one video and question, as the processor would make them."""
-    try:
-        from transformers import AutoProcessor
-
-        processor = AutoProcessor.from_pretrained(name)
-        prompt = processor.apply_chat_template(user_turn(question), add_generation_prompt=True)
-        return dict(processor(text=prompt, videos=[frames], return_tensors="pt"))
-    except (ImportError, OSError, ValueError) as err:  # no processor files, or no torchvision (5.x video processor)
-        logger.warning("processor unavailable (%s: %s); using the tokenizer and SigLIP preprocessing",
-                       type(err).__name__, err)
-    return _tokenizer_inputs(name, model, frames, question)
-
-
-def _tokenizer_inputs(name: str, model, frames: np.ndarray, question: str) -> dict:
-    """The processor's inputs rebuilt from the tokenizer: one `<video>` expanded to the stock placeholder run."""
-    from transformers import AutoTokenizer
-
-    tokenizer = AutoTokenizer.from_pretrained(name)
-    prompt = None
-    if tokenizer.chat_template:
-        prompt = tokenizer.apply_chat_template(user_turn(question), add_generation_prompt=True, tokenize=False)
-    if not prompt or "<video>" not in prompt:
-        prompt = FALLBACK_PROMPT.format(question=question)
-    input_ids = video_prompt_ids(model.config, tokenizer, prompt, len(frames))[None]
-    mean, std = image_normalisation(name)
-    pixels = frames_to_pixels(frames, model.config.vision_config.image_size, mean, std)
-    return {"input_ids": input_ids, "attention_mask": torch.ones_like(input_ids), "pixel_values_videos": pixels[None]}
-
-
 def answer(model, tokenizer_source: str, inputs: dict, max_new_tokens: int) -> str:
     """Greedy answer text (new tokens only)."""
     from transformers import AutoTokenizer
@@ -109,7 +73,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
     model = load_model(args.model, dtype, device)
     if not args.no_dyntok:
         patch_llava(model, threshold=args.threshold, marker=args.marker)
-    inputs = build_inputs(args.model, model, frames, args.question)
+    inputs = video_question_inputs(args.model, model.config, frames, args.question)
     inputs = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in inputs.items()}
     inputs["pixel_values_videos"] = inputs["pixel_values_videos"].to(dtype)
     text = answer(model, args.model, inputs, args.max_new_tokens)

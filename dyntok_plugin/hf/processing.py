@@ -2,7 +2,7 @@
 
 Chat messages for `apply_chat_template` and the video placeholder id (the HF patch's `video_token_id`); and,
 for checkpoints whose processor is not saved or cannot load (transformers 5.x's video processor needs
-torchvision), the placeholder expansion and pixel preprocessing. The stock processor turns each `<video>` of
+torchvision), the placeholder expansion and pixel preprocessing; `video_question_inputs` picks between the two. The stock processor turns each `<video>` of
 the rendered chat into a run of `F*h*w + 1` placeholder ids (the pooled grid plus one newline), which DynTok
 then re-splices.
 """
@@ -49,3 +49,42 @@ def frames_to_pixels(frames: np.ndarray, size: int, mean: Sequence[float], std: 
     mean_t = torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1)
     std_t = torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1)
     return (x - mean_t) / std_t
+
+
+FALLBACK_PROMPT = "<|im_start|>user <video>\n{question}<|im_end|>\n<|im_start|>assistant\n"
+
+
+def video_question_inputs(model_id: str, config: Any, frames: np.ndarray, question: str) -> dict:
+    """`input_ids`, `attention_mask` and `pixel_values_videos` for one video and question, batch of one: from the
+    checkpoint's processor when it loads, else rebuilt from its tokenizer and SigLIP-style preprocessing (the
+    processor may be unsaved, or need torchvision, as transformers 5.x's video processor does)."""
+    import logging
+
+    try:
+        from transformers import AutoProcessor
+
+        processor = AutoProcessor.from_pretrained(model_id)
+        prompt = processor.apply_chat_template(user_turn(question), add_generation_prompt=True)
+        return dict(processor(text=prompt, videos=[frames], return_tensors="pt"))
+    except (ImportError, OSError, ValueError) as err:
+        logging.getLogger(__name__).warning(
+            "processor unavailable (%s: %s); using the tokenizer and SigLIP preprocessing", type(err).__name__, err)
+    return _tokenizer_inputs(model_id, config, frames, question)
+
+
+def _tokenizer_inputs(model_id: str, config: Any, frames: np.ndarray, question: str) -> dict:
+    """The processor's inputs rebuilt from the tokenizer: one `<video>` expanded to the stock placeholder run."""
+    from transformers import AutoTokenizer
+
+    from .checkpoints import image_normalisation
+
+    tokenizer = AutoTokenizer.from_pretrained(model_id)
+    prompt = None
+    if tokenizer.chat_template:
+        prompt = tokenizer.apply_chat_template(user_turn(question), add_generation_prompt=True, tokenize=False)
+    if not prompt or "<video>" not in prompt:
+        prompt = FALLBACK_PROMPT.format(question=question)
+    input_ids = video_prompt_ids(config, tokenizer, prompt, len(frames))[None]
+    mean, std = image_normalisation(model_id)
+    pixels = frames_to_pixels(frames, config.vision_config.image_size, mean, std)
+    return {"input_ids": input_ids, "attention_mask": torch.ones_like(input_ids), "pixel_values_videos": pixels[None]}
