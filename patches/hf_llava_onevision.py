@@ -36,7 +36,7 @@ from dyntok_plugin.core import DynTokCompressor, DynTokConfig
 from dyntok_plugin.hf import bilinear_pool, splice, transformers_version, video_token_id, vision_features
 from dyntok_plugin.hf.binding import adopt_assigned, clear_stats
 from dyntok_plugin.hf.common import pooled_grid
-from dyntok_plugin.hf.generation import PromptStreamer, padding_side, shift_lengths
+from dyntok_plugin.hf.generation import PromptStreamer, padding_of, shift_lengths
 from dyntok_plugin.hf.parts import VISION_PARTS, vision_owner
 
 SUPPORTED_CLASSES = ("transformers.LlavaOnevisionForConditionalGeneration",)
@@ -177,13 +177,9 @@ def _forward(model: nn.Module, state: _State, call: dict, args: tuple, kwargs: d
         if not state.generating:
             clear_stats(state.compressor)
         return state.forward(*args, **kwargs)
-    mask = call.get("attention_mask")
-    side = padding_side(mask, call.get("labels"))
-    unpadded = mask is None or bool(mask.all())
-    _splice_videos(model, state, call, side)
-    if unpadded and side == "left" and call.get("position_ids") is None:  # padding DynTok added: keep positions
-        mask = call["attention_mask"]
-        call["position_ids"] = (mask.long().cumsum(-1) - 1).masked_fill(mask == 0, 1)
+    side, unpadded = padding_of(call.get("attention_mask"), call.get("labels"))
+    # Left padding that DynTok adds to an unpadded batch must not shift the positions: rebuild them from the mask.
+    _splice_videos(model, state, call, side, positions_from_mask=unpadded and side == "left")
     call["input_ids"] = None  # the forward takes exactly one of input_ids / inputs_embeds
     output = state.forward(**call)
     if not isinstance(output, tuple):
@@ -246,7 +242,8 @@ def _restore_prompt(output: Any, user_ids: Tensor, spliced_length: int) -> Any:
     return output
 
 
-def _splice_videos(model: nn.Module, state: _State, call: dict, padding_side: str) -> None:
+def _splice_videos(model: nn.Module, state: _State, call: dict, padding_side: str,
+                   positions_from_mask: bool = False) -> None:
     """Compute the DynTok video tokens and rewrite `call` in place to carry them as `inputs_embeds`."""
     host = state.host
     input_ids = call.get("input_ids")
@@ -276,7 +273,7 @@ def _splice_videos(model: nn.Module, state: _State, call: dict, padding_side: st
         model.get_input_embeddings(), padding_side, multiple,
     )
     call.update(spliced)
-    if call.get("position_ids") is not None:
+    if call.get("position_ids") is not None or positions_from_mask:
         mask = spliced["attention_mask"]
         call["position_ids"] = (mask.long().cumsum(-1) - 1).masked_fill(mask == 0, 1)
     if call.get("cache_position") is not None:

@@ -64,6 +64,30 @@ def offline_env() -> dict:
     return env
 
 
+def train_two_processes(workdir: dict, out: Path, extra: list, env: dict) -> None:
+    """`train_and_record` under `torchrun --nproc_per_node 2` on the CPU (a fresh port and output folder for every
+    attempt); fails with the command's output unless the trained model, its losses and its logits were saved."""
+    import shutil
+
+    import commands
+
+    def command(attempt):
+        shutil.rmtree(out, ignore_errors=True)
+        return [
+            sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", free_port(),
+            REPO / "tests" / "finetune_utils.py",
+            "--model", workdir["checkpoint"], "--data", workdir["data"], "--output-dir", out, "--cpu",
+            "--cache-frames", "--train", "projector,marker,llm,vision", "--train-threshold-range", "0.5", "0.9",
+            *extra,
+        ]
+
+    def saved_the_model(done):
+        missing = [name for name in ("train_losses.json", "trained_logits.pt", "config.json") if not (out / name).exists()]
+        assert not missing, f"{missing} not written to {out}"
+
+    commands.run(command, env=env, timeout=600, check=saved_the_model, attempts=3)
+
+
 def logits_on(model, batch: dict) -> torch.Tensor:
     """Eval-mode float32 logits of `model` on a collated batch (no gradient)."""
     model.eval()

@@ -6,7 +6,6 @@ weight outside a gathered forward. Needs torchvision (the HF video processor) an
 """
 
 import json
-import shutil
 import sys
 
 import pytest
@@ -47,21 +46,8 @@ def test_zero3_trains_the_partitioned_marker_and_reloads_with_identical_logits(w
     fh = fine_tuning
     out = workdir["root"] / "trained"
 
-    def command(attempt):  # a fresh port and output folder for every attempt
-        shutil.rmtree(out, ignore_errors=True)
-        return [
-            sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", fu.free_port(),
-            fu.REPO / "tests" / "finetune_utils.py",
-            "--model", workdir["checkpoint"], "--data", workdir["data"], "--output-dir", out,
-            "--deepspeed", workdir["zero3"], "--cpu", "--max-steps", "24", "--lr", "5e-3", "--cache-frames",
-            "--train", "projector,marker,llm,vision", "--train-threshold-range", "0.5", "0.9",
-        ]
-
-    def saved_the_model(done):
-        missing = [name for name in ("train_losses.json", "trained_logits.pt", "config.json") if not (out / name).exists()]
-        assert not missing, f"{missing} not written to {out}"
-
-    commands.run(command, env=zero3_env(), timeout=600, check=saved_the_model, attempts=3)
+    extra = ["--deepspeed", workdir["zero3"], "--max-steps", "24", "--lr", "5e-3"]
+    fu.train_two_processes(workdir, out, extra, zero3_env())
 
     losses = json.loads((out / "train_losses.json").read_text())
     assert sum(losses[-4:]) / 4 < 0.75 * sum(losses[:4]) / 4, losses

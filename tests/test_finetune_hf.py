@@ -6,8 +6,6 @@ in one process. Needs the HF video processor, hence torchvision (`.venv-tv`); sk
 """
 
 import json
-import shutil
-import sys
 
 import pytest
 import torch
@@ -15,7 +13,6 @@ import torch
 pytest.importorskip("torchvision")
 pytest.importorskip("av")
 
-import commands  # noqa: E402
 import finetune_utils as fu  # noqa: E402
 from dyntok_plugin import train as fine_tuning  # noqa: E402
 
@@ -131,21 +128,8 @@ def test_trainer_keeps_video_inputs_through_the_patched_signature(fh, workdir, p
 def test_two_processes_overfit_then_reload_with_identical_logits(fh, workdir, dataset):
     out = workdir["root"] / "ddp"
 
-    def command(attempt):  # a fresh port and output folder for every attempt
-        shutil.rmtree(out, ignore_errors=True)
-        return [
-            sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", fu.free_port(),
-            fu.REPO / "tests" / "finetune_utils.py",
-            "--model", workdir["checkpoint"], "--data", workdir["data"], "--output-dir", out,
-            "--cpu", "--max-steps", "40", "--lr", "5e-3", "--cache-frames", "--batch-size", "1",
-            "--train", "projector,marker,llm,vision", "--train-threshold-range", "0.5", "0.9", "--threshold", "0.7",
-        ]
-
-    def saved_the_model(done):
-        missing = [name for name in ("train_losses.json", "trained_logits.pt", "config.json") if not (out / name).exists()]
-        assert not missing, f"{missing} not written to {out}"
-
-    commands.run(command, env=fu.offline_env(), timeout=600, check=saved_the_model, attempts=3)
+    extra = ["--max-steps", "40", "--lr", "5e-3", "--batch-size", "1", "--threshold", "0.7"]
+    fu.train_two_processes(workdir, out, extra, fu.offline_env())
 
     losses = json.loads((out / "train_losses.json").read_text())
     assert len(losses) == 40 and all(map(torch.isfinite, torch.tensor(losses)))

@@ -10,19 +10,24 @@ from __future__ import annotations
 
 from typing import Any
 
+import torch
 from torch import Tensor
 
 _LENGTHS = (("max_length", "max_new_tokens"), ("min_length", "min_new_tokens"))
 
 
-def padding_side(attention_mask: Tensor | None, labels: Tensor | None) -> str:
-    """`"left"` or `"right"`: the caller's padding side when the mask shows padding, else as the module says."""
-    if attention_mask is not None and attention_mask.dim() == 2:
-        if bool((attention_mask[:, 0] == 0).any()):
-            return "left"
-        if bool((attention_mask[:, -1] == 0).any()):
-            return "right"
-    return "right" if labels is not None else "left"
+def padding_of(attention_mask: Tensor | None, labels: Tensor | None) -> tuple[str, bool]:
+    """`("left" | "right", unpadded)`: the caller's padding side when the mask shows padding, else as the module
+    says, and whether the batch has no padding at all; one host read-back."""
+    default = "right" if labels is not None else "left"
+    if attention_mask is None:
+        return default, True
+    if attention_mask.dim() != 2:
+        return default, bool(attention_mask.all())
+    left, right, full = torch.stack(
+        [(attention_mask[:, 0] == 0).any(), (attention_mask[:, -1] == 0).any(), attention_mask.bool().all()]
+    ).tolist()
+    return ("left" if left else "right" if right else default), bool(full)
 
 
 def shift_lengths(call: dict, default_config: Any, delta: int) -> None:
