@@ -35,7 +35,7 @@ from torch import Tensor, nn
 from dyntok_plugin.core import DynTokCompressor, DynTokConfig
 from dyntok_plugin.hf import bilinear_pool, splice, transformers_version, video_token_id, vision_features
 from dyntok_plugin.hf.binding import adopt_assigned, clear_stats
-from dyntok_plugin.hf.common import pooled_grid
+from dyntok_plugin.hf.common import per_channel_concurrently, pooled_grid
 from dyntok_plugin.hf.generation import PromptStreamer, padding_of, shift_lengths
 from dyntok_plugin.hf.parts import VISION_PARTS, vision_owner
 
@@ -181,9 +181,16 @@ def _forward(model: nn.Module, state: _State, call: dict, args: tuple, kwargs: d
     # Left padding that DynTok adds to an unpadded batch must not shift the positions: rebuild them from the mask.
     _splice_videos(model, state, call, side, positions_from_mask=unpadded and side == "left")
     call["input_ids"] = None  # the forward takes exactly one of input_ids / inputs_embeds
+    mask = call["attention_mask"]
+    if call.get("labels") is not None and side == "right" and unpadded:
+        # Training on an unpadded batch, which the stock model runs without a mask: the padding DynTok adds at the
+        # end of rows (other lengths, `pad_to_multiple_of`) is never attended to by a real position of a causal LM,
+        # so it cannot reach the loss; without a mask the attention keeps its causal kernels (a mask costs 5-10 %
+        # of a step with random thresholds). A caller's own padding keeps its mask, as on the stock model.
+        call["attention_mask"] = None
     output = state.forward(**call)
     if not isinstance(output, tuple):
-        output.attention_mask = call["attention_mask"]  # the mask of the sequence that ran (to extend when decoding)
+        output.attention_mask = mask  # the mask of the sequence that ran (to extend when decoding)
     return output
 
 
@@ -323,7 +330,8 @@ def _video_tokens(model, state: _State, frames: Tensor, frames_per_video: list, 
     projected = _pool(host, owner.multi_modal_projector(selected))
     compressor = state.compressor
     compressor.train(model.training)
-    similarity = _pool(host, selected) if compressor.config.similarity == "vision" else None
+    wanted = compressor.config.similarity == "vision" and compressor.similarity_needed()
+    similarity = _pool(host, selected) if wanted else None
     with _onloaded(owner), _zero3_gathered(model, owner.image_newline):
         batch = compressor.compress_batch(projected, frames_per_video, similarity)
     return batch.chunks()
@@ -333,7 +341,9 @@ def _pool(host: _Host, features: Tensor) -> Tensor:
     """`(N, g*g, C)` -> `(N, h, w, C)` with the host's video pooling.
 
     The fast version is used where it gives exactly the host's numbers, checked once per device, dtype and width
-    on the first frame (it does in half precision on GPU and on CPU; float32 on GPU differs in the last bit).
+    on the first frame (it does in half precision on GPU and on CPU; float32 on GPU, which autocast gives the
+    pooling, differs in the last bit). Elsewhere the host's own pooling runs on channel slices at once
+    (`per_channel_concurrently`: the same numbers, 20x faster on GPU than one call).
     """
     key = (str(features.device), features.dtype, features.shape[-1])
     if key not in host.fast_pooling:
@@ -342,7 +352,7 @@ def _pool(host: _Host, features: Tensor) -> Tensor:
         host.fast_pooling[key] = torch.equal(bilinear_pool(probe, host.grid).reshape(reference.shape), reference)
     if host.fast_pooling[key]:
         return bilinear_pool(features, host.grid)
-    pooled = host.owner.apply_pooling(features)
+    pooled = per_channel_concurrently(host.owner.apply_pooling, features)
     side = math.isqrt(pooled.shape[1])
     return pooled.reshape(pooled.shape[0], side, side, -1)
 
