@@ -177,4 +177,6 @@ def test_host_pooling_on_channel_slices_gives_the_same_numbers(dtype):
         (grad_sliced,) = torch.autograd.grad((sliced * weight).sum(), features)
         assert torch.equal(sliced, once)
         # the backward kernel accumulates with atomics: equal up to the order of the additions, as run to run
-        torch.testing.assert_close(grad_sliced, grad_once)
+        # (in bfloat16 that order moves the last bit of values near zero)
+        tolerance = dict(rtol=1e-2, atol=1e-4) if dtype == torch.bfloat16 else {}
+        torch.testing.assert_close(grad_sliced, grad_once, **tolerance)
