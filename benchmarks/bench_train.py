@@ -78,7 +78,7 @@ VARIANTS = {
     "ratio 0.25": dict(threshold=None, target_ratio=0.25, marker="row"),
     "train U(0.6, 0.9)": dict(threshold=0.7, train_threshold_range=(0.6, 0.9), marker="row", seed=0),
     # the drawn threshold capped by a per-video budget: bounds the longest sequence a step (or a rank) can draw
-    "train U(0.6, 0.9) cap 0.2": dict(threshold=0.7, train_threshold_range=(0.6, 0.9), target_ratio=0.2,
+    "train U(0.6, 0.9) cap 0.15": dict(threshold=0.7, train_threshold_range=(0.6, 0.9), target_ratio=0.15,
                                       marker="row", seed=0),
 }
 RANKS = (2, 8)  # data-parallel sizes for the expected slowest rank of a step
