@@ -64,3 +64,43 @@ def test_random_thresholds_are_drawn_per_video_and_call():
     model.eval()
     model(**batch)
     assert {s.threshold for s in model.dyntok.last_stats} == {0.5}
+
+
+def _examples(config, count: int) -> list:
+    """Hand-built training examples as `VideoQADataset` yields them for a Qwen checkpoint (no torchvision)."""
+    examples = []
+    for index in range(count):
+        frames = sq.random_frames(2 + 2 * (index % 2), 24, 40, seed=index)
+        batch = sq.qwen_vl_inputs(config, [[sq.text_ids(3, index), ("video", frames), sq.text_ids(4, 50 + index)]],
+                                  labels=True)
+        example = {key: value[0] if key in ("input_ids", "attention_mask", "labels", "mm_token_type_ids") else value
+                   for key, value in batch.items()}
+        example["labels"][:-4] = -100  # only the answer is learned
+        examples.append(example)
+    return examples
+
+
+@pytest.mark.parametrize("kind", qt.FAST_KINDS)
+def test_fine_tuning_helpers_train_save_and_reload_a_qwen_checkpoint(kind, tmp_path):
+    from types import SimpleNamespace
+
+    from dyntok_plugin import train
+
+    checkpoint = sq.save_random_qwen_checkpoint(tmp_path / "base", kind)
+    tokenizer = sq.build_qwen_tokenizer()
+    processor = SimpleNamespace(tokenizer=tokenizer, save_pretrained=tokenizer.save_pretrained)
+    model = train.setup_model(checkpoint, marker="row", threshold=0.5, train_threshold_range=(0.3, 0.7), seed=1)
+    start = train.host_parts(model)["marker"][0].detach().clone()
+    trainer = train.build_trainer(model, processor, _examples(model.config, 4), output_dir=str(tmp_path / "run"),
+                                  max_steps=2, per_device_train_batch_size=2, learning_rate=5e-2, use_cpu=True)
+    trainer.train()
+    losses = [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
+    trained = train.host_parts(model)["marker"][0]
+    assert len(losses) == 2 and all(torch.isfinite(torch.tensor(losses)))
+    assert not torch.equal(trained, start)  # the plugin's marker trains
+    out = train.save_for_inference(trainer, processor, tmp_path / "out")
+    reloaded = train.load_for_inference(out)
+    assert reloaded.dyntok == model.dyntok and torch.equal(train.host_parts(reloaded)["marker"][0], trained)
+    model.eval()
+    batch = sq.qwen_vl_inputs(model.config, [[sq.text_ids(3, 9), ("video", sq.random_frames(2, 24, 40, seed=9))]])
+    torch.testing.assert_close(reloaded(**batch).logits, model(**batch).logits, rtol=1e-5, atol=1e-5)
