@@ -12,8 +12,7 @@ from dyntok_plugin.patches.hf_qwen_vl import plugin_marker
 THRESHOLD = 0.5  # tiny random towers: left-neighbour cosines spread around 0.4 (median) on smooth frames
 
 
-@pytest.mark.parametrize("side", ["left", "right"])
-@pytest.mark.parametrize("kind", qt.KINDS)
+@pytest.mark.parametrize("kind, side", [("qwen2_5_vl", "left"), ("qwen3_vl", "right"), ("qwen3_vl_moe", "left")])
 def test_identity_with_marker_none_is_bit_exact(kind, side):
     model = qt.build(kind)
     batch = qt.inputs(model, qt.samples(), side=side, labels=True)
@@ -34,8 +33,7 @@ def test_identity_generate_equals_stock(kind):
     assert torch.equal(model.generate(**batch, max_new_tokens=5, do_sample=False), stock)
 
 
-@pytest.mark.parametrize("side", ["left", "right"])
-@pytest.mark.parametrize("kind", qt.KINDS)
+@pytest.mark.parametrize("kind, side", [("qwen2_5_vl", "right"), ("qwen3_vl", "left"), ("qwen3_vl_moe", "right")])
 def test_batch_equals_each_sample_alone(kind, side):
     model = qt.build(kind)
     samples = qt.samples()
@@ -130,9 +128,10 @@ def test_text_keeps_its_stock_positions_and_video_tokens_their_first_members(kin
     assert torch.equal(deltas, largest + 1 - seen["attention_mask"].sum(1))
 
 
-@pytest.mark.parametrize("marker, similarity", [("none", "vision"), ("row", "projected"), ("frame", "vision"),
-                                                ("video", "projected")])
-@pytest.mark.parametrize("kind", qt.FAST_KINDS)
+@pytest.mark.parametrize("kind, marker, similarity", [
+    ("qwen2_5_vl", "none", "vision"), ("qwen2_5_vl", "frame", "projected"),
+    ("qwen3_vl", "row", "vision"), ("qwen3_vl", "video", "projected"),
+])
 def test_patched_model_equals_the_loop_reference(kind, marker, similarity):
     model = qt.build(kind)
     batch = qt.inputs(model, qt.samples(), side="right")
