@@ -158,9 +158,8 @@ def _forward(model: nn.Module, state: _State, call: dict, args: tuple, kwargs: d
             clear_stats(state.compressor)
         return original(*args, **kwargs)
     side, _ = padding_of(call.get("attention_mask"), call.get("labels"))
-    text_row = call.get("position_ids") is not None and call["position_ids"].dim() == 3 and \
-        call["position_ids"].shape[0] == 4
-    _shorten(model, state, call, side, text_row=text_row)
+    given = call.get("position_ids")
+    _shorten(model, state, call, side, text_row=given is not None and given.dim() == 3 and given.shape[0] == 4)
     output = original(**call)
     if not isinstance(output, tuple):
         output.attention_mask = call["attention_mask"]  # the mask of the sequence that ran (to extend when decoding)
