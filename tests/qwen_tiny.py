@@ -73,7 +73,8 @@ def reference_logits(model, batch, threshold, marker="none", marker_vector=None,
         video = owner.get_video_features(batch["pixel_values_videos"], batch["video_grid_thw"], return_dict=True)
         sims = window_means(model, batch).split([t * h * w for t, h, w in grids]) if similarity == "vision" else None
         positions = owner.get_rope_index(
-            batch["input_ids"], mm_token_type_ids=batch["mm_token_type_ids"], image_grid_thw=batch.get("image_grid_thw"),
+            batch["input_ids"], mm_token_type_ids=batch["mm_token_type_ids"],
+            image_grid_thw=batch.get("image_grid_thw"),
             video_grid_thw=batch["video_grid_thw"], attention_mask=batch["attention_mask"],
             **({"second_per_grid_ts": batch["second_per_grid_ts"]} if "second_per_grid_ts" in batch else {}),
         )[0]

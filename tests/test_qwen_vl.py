@@ -81,7 +81,7 @@ def test_forward_on_the_cache_continues_from_the_rope_deltas(kind):
     decoded = model(input_ids=step, past_key_values=cache).logits[:, -1]
     longer = dict(batch, input_ids=torch.cat([batch["input_ids"], step], 1),
                   attention_mask=torch.cat([batch["attention_mask"], torch.ones_like(step)], 1),
-                  mm_token_type_ids=torch.cat([batch["mm_token_type_ids"], torch.zeros_like(step, dtype=torch.int32)], 1))
+                  mm_token_type_ids=torch.cat([batch["mm_token_type_ids"], torch.zeros_like(step).int()], 1))
     torch.testing.assert_close(decoded, model(**longer).logits[:, -1], rtol=1e-5, atol=2e-5)
 
 

@@ -34,8 +34,9 @@ KINDS = ("qwen2_5_vl", "qwen3_vl", "qwen3_vl_moe")
 _IDS = dict(image_token_id=IMAGE_ID, video_token_id=VIDEO_ID, vision_start_token_id=VISION_START_ID,
             vision_end_token_id=VISION_END_ID)
 # Tiny sizes (verified on CPU, float32); real Qwen2.5-VL-7B values in comments.
-TINY_QWEN_VISION = dict(depth=2, hidden_size=32, intermediate_size=64, num_heads=4, patch_size=4,  # 32, 1280, 3420, 16, 14
-                        spatial_merge_size=2, temporal_patch_size=2, out_hidden_size=64,  # 2, 2, 3584
+TINY_QWEN_VISION = dict(depth=2, hidden_size=32, intermediate_size=64, num_heads=4,  # 32, 1280, 3420, 16
+                        patch_size=4, spatial_merge_size=2, temporal_patch_size=2,  # 14, 2, 2
+                        out_hidden_size=64,  # 3584
                         initializer_range=0.1)
 TINY_QWEN_TEXT = dict(vocab_size=VOCAB_SIZE, hidden_size=64, intermediate_size=96, num_hidden_layers=2,
                       num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=1024,
