@@ -48,11 +48,13 @@ from bench_end_to_end import GB, Timing, is_oom, release
 from common import RESULTS_DIR, device_kind, device_name, print_table, write_results
 from dyntok_plugin import patch_llava, unpatch_llava
 from dyntok_plugin.core.errors import UnsupportedModelError
+from dyntok_plugin.hf import synthetic_qwen
 
 RANDOM_WEIGHTS_NOTE = (
     "Random weights: similarities are meaningless, so DynTok runs with a fixed budget (threshold=None, "
     "target_ratio) instead of a threshold; ratios from a threshold on these models would mean nothing."
 )
+REAL_EOS_ID = 151645  # <|im_end|>
 QWEN_IDS = dict(image_token_id=151655, video_token_id=151656, vision_start_token_id=151652,
                 vision_end_token_id=151653)
 # Qwen2.5-VL-7B-Instruct's config.json.
@@ -76,35 +78,22 @@ QWEN3_VL_8B = dict(
               rope_parameters=dict(rope_type="default", rope_theta=5000000.0, mrope_section=[24, 20, 20],
                                    mrope_interleaved=True)),
 )
-# The tests' tiny sizes (8 px patch windows: 32 px frames give a 4x4 merged grid).
-TINY_IDS = dict(image_token_id=2, video_token_id=3, vision_start_token_id=4, vision_end_token_id=5)
-_TINY_VISION = dict(depth=2, hidden_size=32, intermediate_size=64, num_heads=4, patch_size=4, spatial_merge_size=2,
-                    temporal_patch_size=2, out_hidden_size=64)
-_TINY_TEXT = dict(vocab_size=128, hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4,
-                  num_key_value_heads=2, max_position_embeddings=4096, pad_token_id=0, eos_token_id=1,
-                  bos_token_id=None)
-TINY = {
-    "qwen2_5_vl": dict(vision=dict(_TINY_VISION, window_size=16, fullatt_block_indexes=[1], tokens_per_second=2),
-                       text=dict(_TINY_TEXT, rope_parameters=dict(rope_type="default", rope_theta=100.0,
-                                                                 mrope_section=[2, 3, 3]))),
-    "qwen3_vl": dict(vision=dict(_TINY_VISION, depth=3, num_position_embeddings=16, deepstack_visual_indexes=[0, 1]),
-                     text=dict(_TINY_TEXT, head_dim=16, rope_parameters=dict(
-                         rope_type="default", rope_theta=100.0, mrope_section=[4, 2, 2], mrope_interleaved=True))),
-}
 REAL = {"qwen2_5_vl": QWEN25_VL_7B, "qwen3_vl": QWEN3_VL_8B}
 NAMES = {"qwen2_5_vl": "Qwen2.5-VL-7B", "qwen3_vl": "Qwen3-VL-8B"}
 PREFIX_TOKENS, SUFFIX_TOKENS, TIMESTAMP_TOKENS = 14, 18, 4  # chat template and question; "<1.0 seconds>"
-FIRST_TEXT_ID = {True: 6, False: 0}  # random text ids from here up to the first special id (tiny: the vocabulary end)
+FIRST_TEXT_ID = {True: synthetic_qwen.FIRST_TEXT_ID, False: 0}  # random text ids from here (real: to the specials)
 
 
 def build_config(host: str, tiny: bool):
-    """The host's config (real or tiny size) with SDPA attention."""
+    """The host's config (real size, or the tests' tiny one from `synthetic_qwen`) with SDPA attention."""
     from transformers import Qwen2_5_VLConfig, Qwen3VLConfig
 
-    sizes = (TINY if tiny else REAL)[host]
-    cls = Qwen2_5_VLConfig if host == "qwen2_5_vl" else Qwen3VLConfig
-    config = cls(vision_config=dict(sizes["vision"]), text_config=dict(sizes["text"]),
-                 tie_word_embeddings=False, **(TINY_IDS if tiny else QWEN_IDS))
+    if tiny:
+        config = synthetic_qwen.qwen_vl_config(host)
+    else:
+        cls = Qwen2_5_VLConfig if host == "qwen2_5_vl" else Qwen3VLConfig
+        config = cls(vision_config=dict(REAL[host]["vision"]), text_config=dict(REAL[host]["text"]),
+                     tie_word_embeddings=False, **QWEN_IDS)
     config._attn_implementation = "sdpa"
     return config
 
@@ -117,8 +106,9 @@ def build_model(host: str, config, dtype: torch.dtype, device: torch.device) -> 
     torch.manual_seed(0)
     with torch.device(device):
         model = cls._from_config(config, dtype=dtype, attn_implementation="sdpa")
-    model.generation_config.eos_token_id = config.text_config.eos_token_id
-    model.generation_config.pad_token_id = config.text_config.pad_token_id
+    tiny = config.text_config.vocab_size == synthetic_qwen.VOCAB_SIZE
+    model.generation_config.eos_token_id = synthetic_qwen.EOS_ID if tiny else REAL_EOS_ID
+    model.generation_config.pad_token_id = synthetic_qwen.PAD_ID if tiny else REAL_EOS_ID
     return model.eval()
 
 
@@ -169,9 +159,8 @@ def make_case(host: str, config, frames: int, size: int, dtype: torch.dtype, dev
 
 
 def first_token(model: nn.Module, inputs: dict) -> Tensor:
-    config = model.config.text_config
-    return model.generate(**inputs, max_new_tokens=1, do_sample=False, pad_token_id=config.pad_token_id,
-                          eos_token_id=config.eos_token_id)
+    """`generate(max_new_tokens=1)`: time to first token (ids from the model's generation config)."""
+    return model.generate(**inputs, max_new_tokens=1, do_sample=False)
 
 
 def ideal_inputs(model: nn.Module, case: Case, kept: int) -> dict:
@@ -280,7 +269,7 @@ def run_host(host: str, args, device: torch.device, dtype: torch.dtype, path: Pa
     config = build_config(host, args.smoke)
     begin = time.perf_counter()
     model = build_model(host, config, dtype, device)
-    info = {"model": f"{NAMES[host]} sizes, random weights" if not args.smoke else f"tiny random {NAMES[host]}",
+    info = {"model": f"{NAMES[host]} sizes, random weights" if not args.smoke else f"tiny random {host}",
             "build_seconds": time.perf_counter() - begin, "frame_size": args.size or default_size(config, args),
             "weights_gb": torch.cuda.memory_allocated(device) / GB if device.type == "cuda" else None}
     size = info["frame_size"]

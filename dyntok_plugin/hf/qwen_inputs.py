@@ -2,8 +2,7 @@
 
 transformers 5.x's Qwen video processors need torchvision; the `dyntok` command, the benchmarks and the tests build
 the same inputs without it: frames resized to a multiple of `patch * merge` (the processor's pixel bounds), normalised
-and cut into the processor's patch rows (slice, merged row, merged column, row in window, column in window), each row
-`C * temporal_patch * patch * patch` values; `video_grid_thw = (t, gh, gw)`. `merged_video_features` runs a
+and cut into the processor's patch rows by `synthetic_qwen.patchify`; `video_grid_thw = (t, gh, gw)`. `merged_video_features` runs a
 checkpoint's own vision tower and gives DynTok's two inputs on the merged grid `(t, h', w')`: the merger's output and
 the tower's output before the merger averaged over each merge window (`similarity="vision"`), in the model's order.
 """
@@ -18,6 +17,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+from .synthetic_qwen import patchify
 
 # The Qwen VL image and video processors' defaults (OpenAI CLIP normalisation).
 QWEN_MEAN = (0.48145466, 0.4578275, 0.40821073)
@@ -52,7 +53,7 @@ def resized_size(height: int, width: int, factor: int, min_pixels: int = MIN_PIX
 def video_pixels(frames: np.ndarray, vision: Any, mean: Sequence[float] = QWEN_MEAN, std: Sequence[float] = QWEN_STD,
                  max_pixels: int = MAX_PIXELS) -> tuple[Tensor, Tensor]:
     """uint8 `(F, H, W, 3)` frames to `(pixel_values_videos, video_grid_thw)` of one video, as the processor cuts
-    them (float32; `F` padded to a multiple of the temporal patch by repeating the last frame)."""
+    them (float32; `F` padded to a multiple of the temporal patch by repeating the last frame: `patchify`)."""
     if not isinstance(frames, np.ndarray) or frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != np.uint8:
         raise ValueError(f"frames must be a uint8 array (F, H, W, 3), got {type(frames).__name__} of shape "
                          f"{getattr(frames, 'shape', None)}")
@@ -61,20 +62,8 @@ def video_pixels(frames: np.ndarray, vision: Any, mean: Sequence[float] = QWEN_M
     x = torch.from_numpy(frames).permute(0, 3, 1, 2).float().div_(255.0)
     x = F.interpolate(x, size=(rows, cols), mode="bicubic", antialias=True, align_corners=False).clamp_(0.0, 1.0)
     x = (x - torch.tensor(mean).view(1, 3, 1, 1)) / torch.tensor(std).view(1, 3, 1, 1)
-    missing = -len(x) % tps
-    if missing:
-        x = torch.cat([x, x[-1:].expand(missing, -1, -1, -1)])
-    return patchify(x, patch, merge, tps)
-
-
-def patchify(frames: Tensor, patch: int, merge: int, temporal: int) -> tuple[Tensor, Tensor]:
-    """Normalised `(F, C, H, W)` frames (`F` a multiple of `temporal`, `H`, `W` of `patch * merge`) to the processor's
-    patch rows `(t*gh*gw, C*temporal*patch*patch)` and the grid `(1, 3)` = `(t, gh, gw)`."""
-    count, channels, height, width = frames.shape
-    t, gh, gw = count // temporal, height // patch, width // patch
-    x = frames.reshape(t, temporal, channels, gh // merge, merge, patch, gw // merge, merge, patch)
-    x = x.permute(0, 3, 6, 4, 7, 2, 1, 5, 8)  # slice, merged row, merged col, in-row, in-col, C, temporal, py, px
-    return x.reshape(t * gh * gw, channels * temporal * patch * patch), torch.tensor([[t, gh, gw]])
+    rows, grid = patchify(x, patch, tps, merge)
+    return rows, torch.tensor([grid])
 
 
 def merged_grid(grid_thw: Tensor, merge: int) -> list:
