@@ -32,7 +32,15 @@ from ..hf.checkpoints import SIGLIP_MEAN, SIGLIP_STD, dtype_argument, image_norm
 from ..hf.common import bilinear_pool, vision_features
 from ..hf.parts import vision_owner
 from ..hf.processing import frames_to_pixels
-from ..hf.qwen_inputs import MAX_PIXELS, QWEN_MEAN, QWEN_MODEL_TYPES, QWEN_STD, merged_video_features, video_pixels
+from ..hf.qwen_inputs import (
+    MAX_PIXELS,
+    QWEN_MEAN,
+    QWEN_MODEL_TYPES,
+    QWEN_STD,
+    default_normalisation,
+    merged_video_features,
+    video_pixels,
+)
 
 __all__ = [
     "Dinov2Encoder",
@@ -253,7 +261,8 @@ class QwenVLEncoder:
 
     `features` `(t, h', w', D)` are the merger's output (what the model sees); `similarity_features` the tower's
     output before the merger averaged over each merge window (DynTok's `similarity="vision"`). Frames are resized
-    as the processor bounds them (at most `max_pixels` each) and normalised with the checkpoint's mean and std.
+    as the processor bounds them (at most `max_pixels` each) and normalised with the checkpoint's mean and std
+    (`from_pretrained` / `load_encoder` read them; the defaults here are Qwen2.5-VL's).
     """
 
     default_marker = "none"  # these hosts have no newline embedding
@@ -333,7 +342,7 @@ def load_video_model(id_or_path: str, dtype: torch.dtype = torch.float32, model_
         raise EncoderError(f"--model {id_or_path!r}: {err}") from None
     model = model_class.from_pretrained(id_or_path, **dtype_argument(dtype)).eval()
     qwen = model_type in QWEN_MODEL_TYPES
-    default = (QWEN_MEAN, QWEN_STD) if qwen else (SIGLIP_MEAN, SIGLIP_STD)
+    default = default_normalisation(model_type) if qwen else (SIGLIP_MEAN, SIGLIP_STD)
     mean, std = image_normalisation(id_or_path, default)
     return model, mean, std
 

@@ -20,11 +20,12 @@ from torch import Tensor, nn
 
 from .synthetic_qwen import patchify
 
-# The Qwen VL image and video processors' defaults (OpenAI CLIP normalisation).
+# Qwen2.5-VL's processors normalise with OpenAI CLIP's mean and std; Qwen3-VL's with 0.5 / 0.5.
 QWEN_MEAN = (0.48145466, 0.4578275, 0.40821073)
 QWEN_STD = (0.26862954, 0.26130258, 0.27577711)
+HALF = (0.5, 0.5, 0.5)
 QWEN_MODEL_TYPES = ("qwen2_5_vl", "qwen3_vl", "qwen3_vl_moe")
-MIN_PIXELS = 16 * 16 * 4  # below this a frame is scaled up (the processors' floor is of this order)
+MIN_PIXELS = 56 * 56  # the Qwen2-VL image processor's min_pixels: smaller frames are scaled up
 MAX_PIXELS = 448 * 448  # per frame; the processors' video bounds are larger, this keeps the command fast
 
 
@@ -33,20 +34,25 @@ def is_qwen_vl(config: Any) -> bool:
     return getattr(config, "model_type", None) in QWEN_MODEL_TYPES
 
 
+def default_normalisation(model_type: str) -> tuple[tuple, tuple]:
+    """`(mean, std)` of the host's processors, for checkpoints saved without a preprocessor config."""
+    return (QWEN_MEAN, QWEN_STD) if model_type == "qwen2_5_vl" else (HALF, HALF)
+
+
 def resized_size(height: int, width: int, factor: int, min_pixels: int = MIN_PIXELS,
                  max_pixels: int = MAX_PIXELS) -> tuple[int, int]:
-    """`(H, W)` near the frame's size and aspect, multiples of `factor` (patch * merge), within the pixel bounds."""
+    """`(H, W)` as Qwen2-VL's `smart_resize` picks it: each side rounded to a multiple of `factor` (patch * merge),
+    scaled down (sides floored) when above `max_pixels` or up (sides ceiled) when below `min_pixels`, aspect kept."""
     if height < 1 or width < 1:
         raise ValueError(f"frames must be at least 1x1 pixels, got {height}x{width}")
-    scale = 1.0
-    if height * width > max_pixels:
-        scale = math.sqrt(max_pixels / (height * width))
-    elif height * width < min_pixels:
+    rows, cols = max(factor, round(height / factor) * factor), max(factor, round(width / factor) * factor)
+    if rows * cols > max_pixels:
+        scale = math.sqrt(height * width / max_pixels)
+        rows = max(factor, math.floor(height / scale / factor) * factor)
+        cols = max(factor, math.floor(width / scale / factor) * factor)
+    elif rows * cols < min_pixels:
         scale = math.sqrt(min_pixels / (height * width))
-    rows = max(factor, round(height * scale / factor) * factor)
-    cols = max(factor, round(width * scale / factor) * factor)
-    while rows * cols > max(max_pixels, factor * factor):
-        rows, cols = (rows - factor, cols) if rows >= cols and rows > factor else (rows, cols - factor)
+        rows, cols = math.ceil(height * scale / factor) * factor, math.ceil(width * scale / factor) * factor
     return rows, cols
 
 
