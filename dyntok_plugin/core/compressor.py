@@ -224,7 +224,7 @@ class DynTokCompressor(nn.Module):
         group_of_position = torch.cumsum(starts.flatten(), 0) - 1
         token_index = group_of_position + unit_of_position
         total = sum(lengths)
-        tokens = _group_means(features, token_index, total)
+        tokens = group_means(features, token_index, total)
         is_marker = torch.zeros(total, dtype=torch.bool, device=device)
         if unit_end_rows is not None:
             num_units = unit_end_rows.numel()
@@ -368,7 +368,7 @@ def _all_finite(tensor: Tensor) -> Tensor:
         return torch.isfinite(tensor.detach()).all()
 
 
-def _group_means(features: Tensor, token_index: Tensor, total: int) -> Tensor:
+def group_means(features: Tensor, token_index: Tensor, total: int) -> Tensor:
     """Mean of the features mapped to each output slot, accumulated in float32, in the features' dtype; slots
     with no features (markers) are zero."""
     flat = features.reshape(-1, features.shape[-1])
