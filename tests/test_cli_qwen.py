@@ -106,17 +106,18 @@ def _stock_answer(checkpoint) -> str:
     from transformers import AutoConfig, AutoTokenizer
 
     from dyntok_plugin.hf.checkpoints import video_model_class
-    from dyntok_plugin.hf.qwen_inputs import video_prompt_inputs
+    from dyntok_plugin.hf.qwen_inputs import default_normalisation, video_prompt_inputs
     from dyntok_plugin.video import probe_video, sample_indices
 
-    model = video_model_class(AutoConfig.from_pretrained(checkpoint).model_type).from_pretrained(checkpoint).eval()
+    kind = AutoConfig.from_pretrained(checkpoint).model_type
+    model = video_model_class(kind).from_pretrained(checkpoint).eval()
     tokenizer = AutoTokenizer.from_pretrained(checkpoint)
     messages = [{"role": "user", "content": [{"type": "video"}, {"type": "text", "text": PROMPT}]}]
     text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
     info = probe_video(media.CITY_CLIP)
     seconds = (sample_indices(info.frames, FRAMES) / info.fps).tolist()
     inputs = video_prompt_inputs(model.config, tokenizer, text, load_video(media.CITY_CLIP, FRAMES), seconds,
-                                 max_pixels=MAX_PIXELS)
+                                 *default_normalisation(kind), max_pixels=MAX_PIXELS)
     with torch.no_grad():
         output = model.generate(**inputs, max_new_tokens=5, do_sample=False)
     return tokenizer.decode(output[0, inputs["input_ids"].shape[1]:], skip_special_tokens=True).strip()
