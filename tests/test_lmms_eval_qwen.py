@@ -27,7 +27,7 @@ from dyntok_plugin.video import load_video  # noqa: E402
 
 CLIP = Path(__file__).resolve().parents[1] / "assets" / "city_cc0.mp4"
 FRAMES = 4
-PIXELS = {"shortest_edge": 1024, "longest_edge": 4096}  # the 480x270 clip becomes 48x80 px: 6x10 merged tokens
+PIXELS = {"shortest_edge": 1024, "longest_edge": 4096}  # small frames: a few merged tokens per slice
 MODEL_IDS = {"qwen2_5_vl": QWEN25_MODEL_ID, "qwen3_vl": QWEN3_MODEL_ID}
 TASK, SPLIT = "clips", "test"
 QUESTIONS = ["what is happening in the video ?", "what is in the video ?"]
@@ -78,6 +78,16 @@ def requests_for(model, kind: str = "generate_until") -> list:
     return out
 
 
+def processor_grid(checkpoint) -> tuple:
+    """`(t, h', w')` the checkpoint's own video processor gives the clip (Qwen3-VL bounds the whole video's pixels,
+    Qwen2.5-VL each frame's)."""
+    from transformers import AutoProcessor
+
+    processor = AutoProcessor.from_pretrained(checkpoint[1]).video_processor
+    grid = processor(videos=[load_video(CLIP, FRAMES)], do_sample_frames=False)["video_grid_thw"][0].tolist()
+    return grid[0], grid[1] // 2, grid[2] // 2
+
+
 def counts(results: list) -> list:
     return [r.token_counts.to_dict() for r in results]
 
@@ -114,8 +124,9 @@ def test_baseline_answers_and_counts_the_processor_tokens(checkpoint):
     assert not is_patched(model.model)
     results = model.generate_until(requests_for(model))
     entries = counts(results)
-    video_tokens = FRAMES // 2 * 6 * 10
-    assert all(e["input_tokens"] > video_tokens and "dyntok_tokens_out" not in e for e in entries)
+    slices, rows, cols = processor_grid(checkpoint)
+    video_tokens = slices * rows * cols
+    assert slices == FRAMES // 2 and all(e["input_tokens"] > video_tokens and "dyntok_tokens_out" not in e for e in entries)
     scores = model.loglikelihood(requests_for(model, "loglikelihood"))
     assert all(score < 0 for score, _ in scores)
 
@@ -127,7 +138,7 @@ def test_no_op_settings_reproduce_the_baseline_and_merging_shortens_the_prompt(c
     merged = make_model(checkpoint, "dyntok_threshold=-1.5")
     base_out, noop_out = base.generate_until(requests_for(base)), noop.generate_until(requests_for(noop))
     assert [r.text for r in base_out] == [r.text for r in noop_out]
-    slices, rows, cols = FRAMES // 2, 6, 10
+    slices, rows, cols = processor_grid(checkpoint)
     for b, n, m in zip(counts(base_out), counts(noop_out), counts(merged.generate_until(requests_for(merged)))):
         assert n["input_tokens"] == b["input_tokens"]
         assert n["dyntok_tokens_in"] == n["dyntok_tokens_out"] == slices * rows * cols

@@ -207,8 +207,6 @@ class LlavaOnevisionEncoder:
     the pooled vision features (DynTok's default similarity space).
     """
 
-    default_marker = "row"
-
     def __init__(self, model, image_mean: Sequence[float] = SIGLIP_MEAN, image_std: Sequence[float] = SIGLIP_STD):
         owner = vision_owner(model)
         if owner is None:
@@ -218,6 +216,7 @@ class LlavaOnevisionEncoder:
             )
         self.model = model
         self._owner = owner
+        self.default_marker = host_default_marker(model)
         config = model.config
         self.image_size = int(config.vision_config.image_size)
         self.layer = config.vision_feature_layer
@@ -265,8 +264,6 @@ class QwenVLEncoder:
     (`from_pretrained` / `load_encoder` read them; the defaults here are Qwen2.5-VL's).
     """
 
-    default_marker = "none"  # these hosts have no newline embedding
-
     def __init__(self, model, image_mean: Sequence[float] = QWEN_MEAN, image_std: Sequence[float] = QWEN_STD,
                  max_pixels: int = MAX_PIXELS):
         owner = vision_owner(model, ("visual",))
@@ -276,6 +273,7 @@ class QwenVLEncoder:
         self.visual = owner.visual
         self.mean, self.std = tuple(image_mean), tuple(image_std)
         self.max_pixels = max_pixels
+        self.default_marker = host_default_marker(model)  # "none": these hosts have no newline embedding
         config = model.config
         self.name = f"{getattr(config, '_name_or_path', '') or type(model).__name__} (vision tower + merger)"
 
@@ -301,6 +299,13 @@ KNOWN_TYPES = (
     "give a LLaVA-OneVision checkpoint (model_type 'llava_onevision') or a Qwen2.5-VL / Qwen3-VL one "
     f"(model_type {', '.join(repr(t) for t in QWEN_MODEL_TYPES)})"
 )
+
+
+def host_default_marker(model) -> str:
+    """The marker layout `patch_llava` gives this model when none is asked for (the host patch's default)."""
+    from ..api import find_host
+
+    return getattr(find_host(model), "DEFAULT_SETTINGS", {}).get("marker", "row")
 
 
 def checkpoint_config(id_or_path: str):

@@ -50,7 +50,7 @@ except ImportError as err:  # pragma: no cover - exercised only without the extr
         "(or: pip install 'lmms-eval>=0.7,<0.8')"
     ) from err
 
-from ..api import patch_llava
+from ..api import find_host, patch_llava, unwrap_model
 from ..core.config import DynTokConfig
 from .backends import Prompt, load_backend
 from .stats import RunTotals, sample_stats
@@ -84,8 +84,9 @@ def qwen3_vl_manifest():
     return ModelManifest(model_id=QWEN3_MODEL_ID, simple_class_path=f"{__name__}.Qwen3VLDynTok")
 
 
-def dyntok_config_from_args(args: dict) -> DynTokConfig:
-    """A validated `DynTokConfig` from `dyntok_<field>` model arguments (as lmms-eval parsed them)."""
+def dyntok_config_from_args(args: dict, host_defaults: Optional[dict] = None) -> DynTokConfig:
+    """A validated `DynTokConfig` from `dyntok_<field>` model arguments (as lmms-eval parsed them), on top of the
+    host's defaults (`marker="none"` for Qwen VL)."""
     settings = {}
     for key, value in args.items():
         name = key[len(SETTING_PREFIX):]
@@ -97,7 +98,7 @@ def dyntok_config_from_args(args: dict) -> DynTokConfig:
             value = int(value)
         settings[name] = value
     try:
-        return DynTokConfig.from_dict(settings)
+        return DynTokConfig.from_dict({**(host_defaults or {}), **settings})
     except ValueError as err:
         raise ValueError(
             f"Bad DynTok model argument: {err} Write them as --model_args dyntok_<setting>=<value>."
@@ -188,7 +189,9 @@ class LlavaOneVisionDynTok(lmms):
             self.pretrained, backend, conv_template=conv_template, dtype=dtype, device=self._device,
             device_map=device_map, attn_implementation=attn_implementation,
         )
-        if self.dyntok_config is not None:
+        if self.dyntok_config is not None:  # validated above, before loading; now on the host's defaults
+            host = find_host(unwrap_model(self.backend.model))
+            self.dyntok_config = dyntok_config_from_args(settings, getattr(host, "DEFAULT_SETTINGS", {}))
             patch_llava(self.backend.model, config=self.dyntok_config)
 
     def _setup_devices(self, device: Optional[str]) -> None:
