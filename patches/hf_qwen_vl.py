@@ -158,9 +158,8 @@ def _forward(model: nn.Module, state: _State, call: dict, args: tuple, kwargs: d
             clear_stats(state.compressor)
         return original(*args, **kwargs)
     side, _ = padding_of(call.get("attention_mask"), call.get("labels"))
-    text_row = call.get("position_ids") is not None and call["position_ids"].dim() == 3 and \
-        call["position_ids"].shape[0] == 4
-    _shorten(model, state, call, side, text_row=text_row)
+    given = call.get("position_ids")
+    _shorten(model, state, call, side, text_row=given is not None and given.dim() == 3 and given.shape[0] == 4)
     output = original(**call)
     if not isinstance(output, tuple):
         output.attention_mask = call["attention_mask"]  # the mask of the sequence that ran (to extend when decoding)
@@ -198,13 +197,13 @@ def _shorten(model: nn.Module, state: _State, call: dict, side: str, text_row: b
         types = (input_ids == host.video_token_id).int() * 2 + (input_ids == host.image_token_id).int()
     pixels = call.pop("pixel_values_videos")
     grid_thw = call.pop("video_grid_thw", None)
-    grids = check_videos(pixels, grid_thw, host.owner.visual, host.merge)
-    source_positions = positions.stock_positions(host.owner, call, input_ids, types, grid_thw, attention_mask)
-    compressor.train(model.training)
-    videos = compress_videos(host.owner, compressor, pixels, grid_thw, grids, host.hidden_size)
+    grids = check_videos(pixels, grid_thw, host.merge)
     valid = attention_mask.bool() if attention_mask is not None else torch.ones_like(input_ids, dtype=torch.bool)
     placeholder = (input_ids == host.video_token_id) & valid
     positions.check_runs(placeholder, grids, host.slice_runs)
+    source_positions = positions.stock_positions(host.owner, call, input_ids, types, grid_thw, attention_mask)
+    compressor.train(model.training)
+    videos = compress_videos(host.owner, compressor, pixels, grid_thw, grids, host.hidden_size)
     multiple = compressor.config.pad_to_multiple_of if labels is not None else None
     plan = positions.plan(valid, placeholder, videos.repeats, side, multiple)
     ids = plan.take(input_ids, host.pad_token_id)

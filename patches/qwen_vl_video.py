@@ -31,7 +31,7 @@ class CompressedVideos:
     lengths: list  # tokens per video, markers included
 
 
-def check_videos(pixels: Tensor, grid_thw: Tensor | None, vision: nn.Module, merge: int) -> list:
+def check_videos(pixels: Tensor, grid_thw: Tensor | None, merge: int) -> list:
     """The merged grids `(t, h', w')` per video; a `ValueError` naming the mismatch when `video_grid_thw` does
     not describe `pixel_values_videos` (one host read-back: the grid)."""
     if grid_thw is None:

@@ -47,6 +47,22 @@ def dtype_argument(dtype: Any) -> dict:
     return {"dtype" if transformers_version() >= (4, 56) else "torch_dtype": dtype}
 
 
+QWEN_VL_CLASSES = {
+    "qwen2_5_vl": "Qwen2_5_VLForConditionalGeneration",
+    "qwen3_vl": "Qwen3VLForConditionalGeneration",
+    "qwen3_vl_moe": "Qwen3VLMoeForConditionalGeneration",
+}
+
+
+def host_model_class(id_or_path: Any) -> Any:
+    """The transformers class DynTok patches for a checkpoint (folder or hub id): the Qwen VL class of its
+    `model_type`, else `LlavaOnevisionForConditionalGeneration`."""
+    import transformers
+
+    model_type = getattr(transformers.AutoConfig.from_pretrained(str(id_or_path)), "model_type", None)
+    return getattr(transformers, QWEN_VL_CLASSES.get(model_type, "LlavaOnevisionForConditionalGeneration"))
+
+
 def checkpointing_arguments() -> dict:
     """The `TrainingArguments` fields that turn on non-reentrant activation checkpointing (`activation_*` since
     transformers 5.x renamed them, `gradient_*` before)."""

@@ -13,7 +13,7 @@ it). The inputs are laid out exactly as the stock processors lay them out:
 
 Entry points: `qwen_vl_config(kind, ...)`, `random_qwen_vl(config)`, `random_frames`, `patchify`,
 `qwen_vl_inputs(config, samples, side)` (samples of text / video / image parts), `build_qwen_tokenizer`,
-`save_random_qwen_checkpoint`. Nothing here downloads anything.
+`build_qwen_processor` (torchvision), `save_random_qwen_checkpoint`. Nothing here downloads anything.
 """
 
 from __future__ import annotations
@@ -221,12 +221,12 @@ def build_qwen_tokenizer():
 
     specials = ["<|endoftext|>", "<|im_end|>", "<|image_pad|>", "<|video_pad|>", "<|vision_start|>",
                 "<|vision_end|>", "<|im_start|>", "seconds"] + [str(d) for d in range(10)]
-    words = ["user", "assistant", "system", "\n", "what", "is", "happening", "in", "the", "video", "?", "."]
+    words = ["user", "assistant", "system", "\n", "what", "is", "happening", "in", "the", "video", "?", ".", "<", ">"]
     vocab = {tok: i for i, tok in enumerate(specials + words)}
     vocab.update({f"w{i}": i for i in range(len(vocab), VOCAB_SIZE)})
     core = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<|endoftext|>"))
     core.pre_tokenizer = pre_tokenizers.Sequence(
-        [pre_tokenizers.Split(Regex(r"[ \t]+"), "removed"), pre_tokenizers.Split(Regex(r"[\n?.]"), "isolated")]
+        [pre_tokenizers.Split(Regex(r"[ \t]+"), "removed"), pre_tokenizers.Split(Regex(r"[\n?.<>]"), "isolated")]
     )
     tokenizer = PreTrainedTokenizerFast(
         tokenizer_object=core, pad_token="<|endoftext|>", unk_token="<|endoftext|>", eos_token="<|im_end|>",
@@ -237,11 +237,35 @@ def build_qwen_tokenizer():
     return tokenizer
 
 
+def build_qwen_processor(config: Any, max_pixels: int = 48 * 80):
+    """The stock Qwen2.5-VL / Qwen3-VL processor for a tiny `config` with `build_qwen_tokenizer()`: frames resized
+    to at most `max_pixels` (multiples of patch * merge). Its video processor needs torchvision (transformers 5.x)."""
+    import transformers
+
+    vision = config.vision_config
+    geometry = dict(patch_size=vision.patch_size, temporal_patch_size=vision.temporal_patch_size,
+                    merge_size=vision.spatial_merge_size)
+    unit = (vision.patch_size * vision.spatial_merge_size) ** 2
+    size = {"shortest_edge": unit, "longest_edge": max_pixels}
+    images = transformers.Qwen2VLImageProcessor(size=size, **geometry)
+    if config.model_type == "qwen2_5_vl":
+        videos = transformers.Qwen2VLVideoProcessor(size=size, cap_pixels_per_frame=False, **geometry)
+        cls = transformers.Qwen2_5_VLProcessor
+    else:
+        videos = transformers.Qwen3VLVideoProcessor(size=size, **geometry)
+        cls = transformers.Qwen3VLProcessor
+    return cls(image_processor=images, video_processor=videos, tokenizer=build_qwen_tokenizer(),
+               chat_template=CHAT_TEMPLATE)
+
+
 def save_random_qwen_checkpoint(folder: Union[str, Path], kind: str = "qwen2_5_vl", config: Any = None,
-                                seed: int = 0) -> Path:
-    """A complete offline checkpoint in `folder`: a random tiny Qwen VL model and its word-level tokenizer."""
+                                seed: int = 0, processor: bool = False) -> Path:
+    """A complete offline checkpoint in `folder`: a random tiny Qwen VL model and its word-level tokenizer, and
+    with `processor=True` the stock processor (needs torchvision)."""
     folder = Path(folder)
     config = qwen_vl_config(kind) if config is None else config
     random_qwen_vl(config, seed=seed).save_pretrained(folder)
     build_qwen_tokenizer().save_pretrained(folder)
+    if processor:
+        build_qwen_processor(config).save_pretrained(folder)
     return folder
