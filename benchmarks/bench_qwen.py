@@ -4,6 +4,9 @@
     python benchmarks/bench_qwen.py --host qwen3_vl     # one host (qwen2_5_vl or qwen3_vl)
     python benchmarks/bench_qwen.py --smoke             # CPU: tiny random models, F = 4 and 8, a few seconds
 
+Needs transformers >= 5.18 (`mm_encoder_outputs`, used by the ideal variant and by the DynTok patch). On a machine
+without an install, put a copy of `dyntok_plugin/` with `patches/` as `dyntok_plugin/patches/` on `PYTHONPATH`.
+
 The models are `Qwen2_5_VLForConditionalGeneration` / `Qwen3VLForConditionalGeneration` built from the published
 configurations of Qwen2.5-VL-7B-Instruct and Qwen3-VL-8B-Instruct (written out below) with seeded random weights made
 on the device (nothing is downloaded), SDPA attention, batch 1. Inputs are built by hand the way the processors build
@@ -36,6 +39,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -345,6 +349,13 @@ def parse_args(argv=None) -> argparse.Namespace:
     return args
 
 
+def previous_hosts(path: Path) -> dict:
+    """The per-host info already in the results file (one run per host may write into the same file)."""
+    if not path.exists():
+        return {}
+    return dict(json.loads(path.read_text()).get("qwen_info", {}).get("hosts", {}))
+
+
 def main(argv=None) -> None:
     import transformers
 
@@ -355,7 +366,7 @@ def main(argv=None) -> None:
     info = {"device": device_name(device), "date": dt.date.today().isoformat(), "torch": torch.__version__,
             "transformers": transformers.__version__, "dtype": str(dtype), "attn_implementation": "sdpa",
             "target_ratio": args.target_ratio, "warmup": args.warmup, "repeats": args.repeats,
-            "note": RANDOM_WEIGHTS_NOTE, "hosts": {}}
+            "note": RANDOM_WEIGHTS_NOTE, "hosts": previous_hosts(path)}
     print(f"{info['device']}, {dtype}, transformers {info['transformers']}, torch {info['torch']}")
     print(RANDOM_WEIGHTS_NOTE, flush=True)
     write_results(path, "device", info["device"])

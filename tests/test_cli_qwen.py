@@ -78,7 +78,8 @@ def test_inspect_counts_tokens_on_the_merged_grid_of_each_slice(checkpoint, tmp_
     assert (tmp_path / "merge_map.png").stat().st_size > 0
 
 
-def test_calibrate_over_videos_of_different_grids(checkpoint, square_clip, tmp_path):
+def test_calibrate_over_videos_of_different_grids(square_clip, tmp_path_factory, tmp_path):
+    checkpoint = synthetic_qwen.save_random_qwen_checkpoint(tmp_path_factory.mktemp("calibrate"), "qwen2_5_vl")
     code, _, stderr = run(["calibrate", media.CITY_CLIP, square_clip, "--model", checkpoint, "--frames", FRAMES,
                            "--max-pixels", MAX_PIXELS, "--target-ratio", "0.5", "--out", tmp_path])
     assert code == 0, stderr
