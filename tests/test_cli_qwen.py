@@ -12,7 +12,8 @@ import torch
 import media
 from cli_runner import run
 from dyntok_plugin.hf import synthetic_qwen
-from dyntok_plugin.hf.qwen_inputs import merged_video_features, resized_size, video_pixels
+from dyntok_plugin.cli.encoders import merged_video_features
+from dyntok_plugin.hf.qwen_inputs import resized_size, video_pixels
 from dyntok_plugin.video import load_video
 
 FRAMES = 4  # two temporal slices
@@ -49,7 +50,7 @@ def test_features_are_the_models_own_merged_tokens_and_window_means(kind):
     frames = load_video(media.CITY_CLIP, 3)  # odd: the last frame is repeated, as the processor does
     pixels, grid = video_pixels(frames, model.config.vision_config, max_pixels=MAX_PIXELS)
     assert grid.tolist() == [[2, 12, 20]]
-    (features, similarity), = merged_video_features(model.model.visual, pixels, grid)
+    (features, similarity), = merged_video_features(model, pixels, grid)
     assert features.shape == (2, *CITY_GRID, model.config.vision_config.out_hidden_size)
     with torch.no_grad():
         stock = model.model.get_video_features(pixels, grid)

@@ -9,7 +9,7 @@ Two sources, both giving LLaVA-OneVision's 14x14 pooled grid per frame:
   vision tower and projector, found by duck typing; the layer selection and pooling are the HF patch's own
   (`dyntok_plugin.patches.hf_common`), so the command sees the features the patched model sees.
 - `QwenVLEncoder` (`--model` with a Qwen2.5-VL / Qwen3-VL checkpoint): its own vision tower and patch merger on the
-  merged grid of each temporal slice (`dyntok_plugin.hf.qwen_inputs`); one DynTok "frame" is one slice of
+  merged grid of each temporal slice, read as the DynTok patch reads them; one DynTok "frame" is one slice of
   `temporal_patch_size` frames.
 """
 
@@ -38,7 +38,7 @@ from ..hf.qwen_inputs import (
     QWEN_MODEL_TYPES,
     QWEN_STD,
     default_normalisation,
-    merged_video_features,
+    merged_grid,
     video_pixels,
 )
 
@@ -287,11 +287,31 @@ class QwenVLEncoder:
     def encode(self, frames: np.ndarray, progress: Progress | None = None) -> EncodedVideo:
         vision = self.visual.config
         pixels, grid = video_pixels(frames, vision, self.mean, self.std, self.max_pixels)
-        (features, similarity), = merged_video_features(self.visual, pixels, grid)
+        (features, similarity), = merged_video_features(self.model, pixels, grid)
         if progress is not None:
             progress(len(frames))
         return EncodedVideo(features=features, similarity_features=similarity, encoder=self.name,
                             frames_per_slice=int(vision.temporal_patch_size))
+
+
+@torch.no_grad()
+def merged_video_features(model, pixels: Tensor, grid_thw: Tensor) -> list:
+    """`[(features (t, h', w', D), similarity (t, h', w', C))]` per video, float32, from a Qwen VL model's own
+    `get_video_features`, the way the DynTok patch reads them: the merger's output, and (its hook) the tower's output
+    before the merger averaged over each merge window, both in the order the language model sees."""
+    from ..patches.qwen_vl_video import window_means_appended
+
+    owner = vision_owner(model, ("visual",))
+    visual = owner.visual
+    merge = int(visual.spatial_merge_size)
+    with window_means_appended(visual.merger, merge * merge, True):
+        output = owner.get_video_features(pixels.to(next(visual.parameters()).dtype), grid_thw, return_dict=True)
+    width = int(model.config.text_config.hidden_size)
+    result = []
+    for rows, (t, h, w) in zip(output.pooler_output, merged_grid(grid_thw, merge)):
+        rows = rows.float().reshape(t, h, w, -1)
+        result.append((rows[..., :width], rows[..., width:]))
+    return result
 
 
 LLAVA_TYPES = ("llava_onevision",)

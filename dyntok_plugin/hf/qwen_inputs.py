@@ -2,9 +2,8 @@
 
 transformers 5.x's Qwen video processors need torchvision; the `dyntok` command, the benchmarks and the tests build
 the same inputs without it: frames resized to a multiple of `patch * merge` (the processor's pixel bounds), normalised
-and cut into the processor's patch rows by `synthetic_qwen.patchify`; `video_grid_thw = (t, gh, gw)`. `merged_video_features` runs a
-checkpoint's own vision tower and gives DynTok's two inputs on the merged grid `(t, h', w')`: the merger's output and
-the tower's output before the merger averaged over each merge window (`similarity="vision"`), in the model's order.
+and cut into the processor's patch rows by `synthetic_qwen.patchify`; `video_grid_thw = (t, gh, gw)`; and the prompt ids with the
+video placeholder expanded as the processors expand it (`video_prompt_inputs`).
 """
 
 from __future__ import annotations
@@ -16,7 +15,7 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import Tensor
 
 from .synthetic_qwen import patchify
 
@@ -75,41 +74,6 @@ def video_pixels(frames: np.ndarray, vision: Any, mean: Sequence[float] = QWEN_M
 def merged_grid(grid_thw: Tensor, merge: int) -> list:
     """`[(t, h', w')]` per video of a `video_grid_thw`."""
     return [(int(t), int(h) // merge, int(w) // merge) for t, h, w in grid_thw.tolist()]
-
-
-@torch.no_grad()
-def merged_video_features(visual: nn.Module, pixels: Tensor, grid_thw: Tensor) -> list:
-    """`[(features (t, h', w', D), similarity (t, h', w', C))]` per video from the model's vision tower `visual`.
-
-    A forward hook on the final `merger` appends, to each merged row, the mean of the four pre-merger rows it was made
-    from; the tower then puts the rows in its own output order (Qwen2.5-VL undoes its window order after the merger),
-    so both parts come out in the order the language model sees. Returned in float32.
-    """
-    merge = int(visual.spatial_merge_size)
-    widths: dict = {}
-
-    def append_window_means(module, args, output):
-        states = args[0]
-        means = states.reshape(-1, merge * merge, states.shape[-1]).float().mean(1)
-        widths["projected"] = output.shape[-1]
-        return torch.cat([output, means.to(output.dtype)], dim=-1)
-
-    handle = visual.merger.register_forward_hook(append_window_means)
-    try:
-        dtype = next(visual.parameters()).dtype
-        out = visual(pixels.to(dtype), grid_thw=grid_thw)
-    finally:
-        handle.remove()
-    joined = getattr(out, "pooler_output", None)
-    if joined is None:  # older towers return the merged states directly
-        joined = out[0] if isinstance(out, tuple) else out
-    split = widths["projected"]
-    result, start = [], 0
-    for t, h, w in merged_grid(grid_thw, merge):
-        rows = joined[start:start + t * h * w].float().reshape(t, h, w, -1)
-        result.append((rows[..., :split], rows[..., split:]))
-        start += t * h * w
-    return result
 
 
 def video_prompt_inputs(config: Any, tokenizer: Any, text: str, frames: np.ndarray, seconds: Sequence[float],
