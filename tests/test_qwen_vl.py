@@ -24,7 +24,7 @@ def test_identity_with_marker_none_is_bit_exact(kind, side):
     assert [s.tokens_out for s in model.dyntok.last_stats] == [30, 12, 30]
 
 
-@pytest.mark.parametrize("kind", qt.FAST_KINDS)
+@pytest.mark.parametrize("kind", ["qwen3_vl"])
 def test_identity_generate_equals_stock(kind):
     model = qt.build(kind)
     batch = qt.inputs(model, qt.samples())
@@ -50,7 +50,7 @@ def test_batch_equals_each_sample_alone(kind, side):
     assert batch_stats == alone_stats
 
 
-@pytest.mark.parametrize("kind", qt.KINDS)
+@pytest.mark.parametrize("kind", qt.FAST_KINDS)
 def test_generate_with_cache_equals_recompute_and_batch_equals_single(kind):
     model = qt.build(kind)
     patch_llava(model, threshold=THRESHOLD, marker="row")

@@ -80,7 +80,7 @@ def _examples(config, count: int) -> list:
     return examples
 
 
-@pytest.mark.parametrize("kind", qt.FAST_KINDS)
+@pytest.mark.parametrize("kind", ["qwen3_vl"])  # the processor-fed command runs both hosts (torchvision env)
 def test_fine_tuning_helpers_train_save_and_reload_a_qwen_checkpoint(kind, tmp_path):
     from types import SimpleNamespace
 
