@@ -235,7 +235,8 @@ def compare_reload(out: Path, state: Optional[dict], trained, batch: dict, devic
     if state is not None:  # what the first two-GPU run reported as its weight difference (its reload was cast
         # to bf16 in place for the bf16 logits, then back to float32, before its weights were compared)
         floats = [v for v in state.values() if v.is_floating_point()]
-        result["max_bf16_rounding_of_gathered"] = max(float((v - v.to(torch.bfloat16).float()).abs().max()) for v in floats)
+        rounding = [float((v - v.to(torch.bfloat16).float()).abs().max()) for v in floats]
+        result["max_bf16_rounding_of_gathered"] = max(rounding, default=None)
     for dtype, tag in ((torch.float32, "float32"), (torch.bfloat16, "bf16")):
         begin = time.perf_counter()
         reloaded = load_for_inference(out, dtype=dtype).to(device)
