@@ -90,7 +90,7 @@ say() { echo "[$1] $2"; }  # one progress line of environment $1 (lines of paral
 step() {
     local env=$1 label=$2; shift 2
     local log="$LOGS/$env-$(( ++STEP_NO )).log" t0=$SECONDS
-    echo "$label" >"$LOGS/$env.stage"
+    echo "${label%% *}" >"$LOGS/$env.stage"
     say "$env" "$label ..."
     if "$@" >"$log" 2>&1; then
         say "$env" "  done: $label ($(elapsed $t0))"
@@ -197,6 +197,12 @@ freeze() {
     fi
 }
 
+# versions PYTHON: the versions that matter, read from the metadata (importing torch here would cost seconds).
+versions() {
+    "$1" -c 'import sys; from importlib.metadata import version as v
+print("python", sys.version.split()[0] + ", torch", v("torch") + ", transformers", v("transformers"))' 2>&1 | tail -1
+}
+
 # pipeline ENV AFTER: venv, install (once AFTER's is done), pytest; "RC SECONDS COUNTS" goes to $LOGS/ENV.result for the summary.
 pipeline() {
     local env=$1 after=$2 t0=$SECONDS python=$PY args rc counts log="$LOGS/$1-pytest.log"
@@ -206,7 +212,7 @@ pipeline() {
             || { touch "$LOGS/$env.installed"; echo "1 $(elapsed $t0) venv failed" >"$LOGS/$env.result"; return; }
     fi
     # The installs take turns (see above): wait for the previous environment's.
-    echo "waiting for $after's install" >"$LOGS/$env.stage"
+    [ -z "$after" ] || echo "waiting for $after's install" >"$LOGS/$env.stage"
     [ -z "$after" ] || while [ ! -f "$LOGS/$after.installed" ]; do sleep 1; done
     install "$env" "$python"
     local installed=$?
@@ -214,7 +220,7 @@ pipeline() {
     [ $installed = 0 ] || { echo "1 $(elapsed $t0) install failed" >"$LOGS/$env.result"; return; }
     eval "args=(${TESTS[$env]})"
     echo "pytest" >"$LOGS/$env.stage"
-    say "$env" "pytest ${TESTS[$env]} ($("$python" -c 'import sys, torch, transformers; print(f"python {sys.version.split()[0]}, torch {torch.__version__}, transformers {transformers.__version__}")' 2>&1 | tail -1))"
+    say "$env" "pytest ${TESTS[$env]} ($(versions "$python"))"
     "$python" -P -m pytest -q -p no:cacheprovider --durations=5 "${args[@]}" 2>&1 | tee "$log" | sed -u "s/^/[$env] /"
     rc=${PIPESTATUS[0]}
     counts=$(grep -E "[0-9]+ (passed|failed|error|errors|skipped)|no tests ran" "$log" | tail -1 \
