@@ -206,7 +206,8 @@ versions() {
 print("python", sys.version.split()[0] + ", torch", v("torch") + ", transformers", v("transformers"))' 2>&1 | tail -1
 }
 
-# pipeline ENV AFTER: venv, install (once AFTER's is done), pytest; "RC SECONDS COUNTS" goes to $LOGS/ENV.result for the summary.
+# pipeline ENV AFTER: venv, install (once AFTER's is done), pytest; "RC SECONDS COUNTS" goes to $LOGS/ENV.result
+# for the summary.
 pipeline() {
     local env=$1 after=$2 t0=$SECONDS python=$PY args rc counts log="$LOGS/$1-pytest.log"
     if [ -n "${VENV[$env]}" ]; then
@@ -232,7 +233,8 @@ pipeline() {
     if [ "$rc" = 0 ] && [ "$FREEZE" = 1 ]; then freeze "$env" "$python"; fi
 }
 
-echo "== scripts/test.sh: environments ${ENVS[*]}$([ "$LATEST" = 1 ] && echo ', newest releases (--latest)'); logs in $LOGS"
+echo "== scripts/test.sh: environments ${ENVS[*]}$([ "$LATEST" = 1 ] && echo ', newest releases (--latest)');" \
+    "logs in $LOGS"
 echo "== main: $("$PY" -c 'import sys; print(sys.executable, sys.version.split()[0])')"
 INSTALLER=pip UV_ARGS=() STEP_NO=0
 for env in "${ENVS[@]}"; do [ -n "${VENV[$env]}" ] && { setup_installer; break; }; done
@@ -250,7 +252,8 @@ next=30
 while :; do
     running=()
     for i in "${!ENVS[@]}"; do
-        kill -0 "${PIDS[$i]}" 2>/dev/null && running+=("${ENVS[$i]}: $(head -c 60 "$LOGS/${ENVS[$i]}.stage" 2>/dev/null)")
+        kill -0 "${PIDS[$i]}" 2>/dev/null \
+            && running+=("${ENVS[$i]}: $(head -c 60 "$LOGS/${ENVS[$i]}.stage" 2>/dev/null)")
     done
     [ ${#running[@]} -gt 0 ] || break
     if (( SECONDS - START >= next )); then
@@ -263,7 +266,7 @@ wait
 
 SUMMARY=() FAILED=0
 for env in "${ENVS[@]}"; do
-    if read -r rc secs unit detail <"$LOGS/$env.result" 2>/dev/null; then :; else rc=1 secs="?" unit=s detail="ended early"; fi
+    read -r rc secs unit detail <"$LOGS/$env.result" 2>/dev/null || { rc=1 secs="?" unit=s detail="ended early"; }
     result=pass
     [ "$rc" = 0 ] || { result=FAIL; FAILED=1; }
     SUMMARY+=("$env $result ($detail, $secs $unit)")
