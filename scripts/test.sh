@@ -38,10 +38,10 @@
 # Adding an environment (e.g. vllm): one `environment` line in ENVIRONMENTS (name, venv, what to install, which
 # tests), its constraints/<name>.txt (run once with --latest --freeze), and a row in the README's Testing table.
 #
-# Measured from a clean clone on 2 CPU cores: about 20 CPU-minutes (24 when the environments ran one after another
-# and pip unpacked torch for each venv), about 10 to 11 minutes with both cores to itself (an estimate from the CPU
-# time; the run measured shared its cores with other jobs). Alone, the uv installs took: the torch pair 44 s the
-# first time, 3 s in the second venv (pip: 80 to 105 s each); tv's packages 65 s (pip: 126 s).
+# Measured from a clean clone on 2 CPU cores (`bash .ci/run`, other jobs using part of the cores): 12 min, 15
+# CPU-minutes (main 11 min, tv 11, tf4 9, at once); one environment after another, with pip unpacking torch for each
+# venv, took 17 min and 24 CPU-minutes. Alone, the uv installs took: the torch pair 44 s the first time, 3 s in the
+# second venv (pip: 80 to 105 s each); tv's packages 65 s (pip: 126 s).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 HF_DATASETS_OFFLINE=1 PYTHONUNBUFFERED=1
