@@ -85,7 +85,9 @@ def train_two_processes(workdir: dict, out: Path, extra: list, env: dict) -> Non
         missing = [name for name in ("train_losses.json", "trained_logits.pt", "config.json") if not (out / name).exists()]
         assert not missing, f"{missing} not written to {out}"
 
-    commands.run(command, env=env, timeout=600, check=saved_the_model, attempts=3)
+    # A guard against a hang, not a speed limit: with the environments testing at once on a loaded 2-core machine a
+    # ZeRO-3 run once took over 600 s.
+    commands.run(command, env=env, timeout=1200, check=saved_the_model, attempts=3)
 
 
 def logits_on(model, batch: dict) -> torch.Tensor:
