@@ -32,7 +32,7 @@ from dyntok_plugin.video import load_video  # noqa: E402
 VISION = {"hidden_size": 64, "intermediate_size": 64, "num_attention_heads": 2}
 POOLED = 4  # 32 px frames, 4 px patches: an 8x8 grid pooled to 4x4
 NEW_TOKENS = 6
-MAX_MODEL_LEN = 1024
+MAX_MODEL_LEN = 512  # the tiny LLM's max_position_embeddings
 
 
 def tiny_model(seed: int = 0):

@@ -1,8 +1,9 @@
 """DynTok inside vLLM: a general plugin that serves LLaVA-OneVision with budget-mode DynTok.
 
 vLLM loads `register` in every process through the `vllm.general_plugins` entry point `dyntok` (installed by the
-`vllm` extra). It registers DynTok's subclass of vLLM's own model class under the existing architecture name, by
-import path, so vLLM itself is imported only when it is running (importing `dyntok_plugin` never imports vLLM).
+`vllm` extra). It registers DynTok's subclass of vLLM's own model class under the existing architecture name. The subclass is
+imported there, inside vLLM (importing `dyntok_plugin` never imports vLLM), and registered as a class: a class
+given by import path would be inspected in a fresh subprocess at every engine start (an extra import of vLLM).
 The subclass reads the settings from the model's config (`dyntok`, saved by a patched model or given with
 `hf_overrides` / `--hf-overrides`); without them it is vLLM's model, unchanged.
 
@@ -15,7 +16,7 @@ from __future__ import annotations
 
 from .settings import SETTINGS_KEY, serving_config
 
-# vLLM architecture name -> "module:class" of DynTok's subclass, imported by vLLM when a model of it is loaded.
+# vLLM architecture name -> "module:class" of DynTok's subclass.
 MODELS = {
     "LlavaOnevisionForConditionalGeneration":
         "dyntok_plugin.vllm.llava_onevision:DynTokLlavaOnevisionForConditionalGeneration",
@@ -23,11 +24,14 @@ MODELS = {
 
 
 def register() -> None:
-    """The `vllm.general_plugins` entry point: put DynTok's model classes in vLLM's registry (lazily, by path)."""
+    """The `vllm.general_plugins` entry point: put DynTok's model classes in vLLM's registry."""
+    import importlib
+
     from vllm import ModelRegistry
 
     for architecture, target in MODELS.items():
-        ModelRegistry.register_model(architecture, target)
+        module, name = target.split(":")
+        ModelRegistry.register_model(architecture, getattr(importlib.import_module(module), name))
 
 
 __all__ = ["MODELS", "SETTINGS_KEY", "register", "serving_config"]
