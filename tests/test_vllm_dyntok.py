@@ -48,11 +48,11 @@ def compare(setup, text: str, videos: list, images: list | None = None, vllm_out
     lengths = [budget(len(video)) for video in videos]
     assert len(vllm_out.prompt_token_ids) == length
     assert list(vllm_out.outputs[0].token_ids) == new_tokens
-    return [embeds[rows] for rows in vllm_tiny.video_rows(inputs["input_ids"], lengths)], lengths
+    return [embeds[rows] for rows in vllm_tiny.video_rows(inputs, lengths)], lengths
 
 
 def request(text: str, videos: list, images: list | None = None) -> dict:
-    data = {"video": videos if len(videos) > 1 else videos[0]}
+    data = {"video": videos if len(videos) > 1 else videos[0]} if videos else {}
     if images:
         data["image"] = images[0]
     return {"prompt": text, "multi_modal_data": data}

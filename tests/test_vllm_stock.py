@@ -53,9 +53,12 @@ def test_without_settings_the_model_is_vllms_own(checkpoint):
 
         (name, compressor), = llm.apply_model(compare_with_stock)
         assert name == "DynTokLlavaOnevisionForConditionalGeneration" and compressor is None  # the plugin is there
-        counts = (2, 5)
+        # One frame count: vLLM 0.32's own list path (videos of different lengths in one batch) returns (1, N, D)
+        # chunks that its model runner then rejects; without settings that stays vLLM's behaviour.
+        counts = (3, 3)
         text = vllm_tiny.prompt("video")
-        requests = [{"prompt": text, "multi_modal_data": {"video": vllm_tiny.frames(c)}} for c in counts]
+        requests = [{"prompt": text, "multi_modal_data": {"video": vllm_tiny.frames(c, start=i)}}
+                    for i, c in enumerate(counts)]
         outs = llm.generate(requests, vllm_tiny.greedy(), use_tqdm=False)
         text_tokens = len(vllm_tiny.build_tokenizer()(text)["input_ids"]) - 1
         assert [len(o.prompt_token_ids) for o in outs] == [text_tokens + c * POOLED * POOLED + 1 for c in counts]

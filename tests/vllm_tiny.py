@@ -136,19 +136,17 @@ def hf_inputs(processor, text: str, videos: list, images: list | None = None) ->
     return out
 
 
-def video_rows(input_ids: torch.Tensor, lengths: list) -> list:
-    """The rows each video's tokens take in the sequence the patched model ran, given the stock `input_ids` and
-    the DynTok length of each video."""
-    ids = input_ids[0].tolist()
+def video_rows(inputs: dict, lengths: list) -> list:
+    """The rows each video's tokens take in the sequence the patched model ran, given its stock inputs and the
+    DynTok length of each video (runs of adjacent videos touch, so each run's stock length is taken off)."""
+    ids = inputs["input_ids"][0].tolist()
+    stock = [len(pixels) * POOLED * POOLED + 1 for pixels in inputs["pixel_values_videos"]]
     rows, shift, index = [], 0, 0
-    for length in lengths:
+    for length, run in zip(lengths, stock):
         start = ids.index(VIDEO_ID, index)
-        end = start
-        while end < len(ids) and ids[end] == VIDEO_ID:
-            end += 1
         rows.append(list(range(start + shift, start + shift + length)))
-        shift += length - (end - start)
-        index = end
+        shift += length - run
+        index = start + run
     return rows
 
 
