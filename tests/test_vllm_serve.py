@@ -1,8 +1,7 @@
 """`vllm serve` with `--hf-overrides` serves DynTok: the OpenAI chat endpoint answers a request with a video on
 localhost, and the usage's prompt tokens are the text's plus the budget's (a `max_tokens` budget, which also has
 vLLM profile with no more frames than the budget's floor allows). The server runs as its own processes (API
-server and engine core, with the worker inside the engine core to save a third start), so the plugin is loaded the
-way a deployment loads it.
+server, engine core, worker), so the plugin is loaded the way a deployment loads it.
 """
 
 from __future__ import annotations
@@ -96,8 +95,7 @@ def test_vllm_serve_with_hf_overrides_answers_a_video_chat_within_the_budget(tmp
     port = free_port()
     command = [*serve_command(), checkpoint, "--served-model-name", "tiny",
                "--host", "127.0.0.1", "--port", port, "--dtype", "float32", "--max-model-len", vllm_tiny.MAX_MODEL_LEN,
-               "--enforce-eager", "--distributed-executor-backend", "uni",  # the worker in the engine core's process
-               "--hf-overrides", json.dumps({"dyntok": SETTINGS})]
+               "--enforce-eager", "--hf-overrides", json.dumps({"dyntok": SETTINGS})]
     env = commands.loopback_env({**os.environ, "VLLM_CPU_KVCACHE_SPACE": "1", "HF_HUB_OFFLINE": "1"})
     env.pop("VLLM_ENABLE_V1_MULTIPROCESSING", None)  # the server's own processes, as deployed
     log = tmp_path / "server.log"
