@@ -66,7 +66,11 @@ setup(
     extras_require=EXTRAS,
     entry_points={
         "console_scripts": ["dyntok=dyntok_plugin.cli:main"],
-        "lmms_eval.models": ["llava_onevision_dyntok = dyntok_plugin.eval.lmms:lmms_eval_manifest"],
+        "lmms_eval.models": [
+            "llava_onevision_dyntok = dyntok_plugin.eval.lmms:lmms_eval_manifest",
+            "qwen2_5_vl_dyntok = dyntok_plugin.eval.lmms:qwen2_5_vl_manifest",
+            "qwen3_vl_dyntok = dyntok_plugin.eval.lmms:qwen3_vl_manifest",
+        ],
         "vllm.general_plugins": ["dyntok = dyntok_plugin.vllm:register"],
     },
 )

@@ -58,6 +58,7 @@ CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)  # OpenAI CLIP normalisation, as
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 PROMPT_TOKENS = 16
 ANSWER_TOKENS = 32
+TOP_OPS = 20  # kernels listed per profiled variant (GPU ms per step), the largest first
 IGNORE = -100
 
 QWEN2_7B_TEXT = dict(model_type="qwen2", vocab_size=152064, hidden_size=3584, intermediate_size=18944,
@@ -76,7 +77,11 @@ VARIANTS = {
     "ratio 0.444": dict(threshold=None, target_ratio=0.444, marker="row"),
     "ratio 0.25": dict(threshold=None, target_ratio=0.25, marker="row"),
     "train U(0.6, 0.9)": dict(threshold=0.7, train_threshold_range=(0.6, 0.9), marker="row", seed=0),
+    # the drawn threshold capped by a per-video budget: bounds the longest sequence a step (or a rank) can draw
+    "train U(0.6, 0.9) cap 0.15": dict(threshold=0.7, train_threshold_range=(0.6, 0.9), target_ratio=0.15,
+                                      marker="row", seed=0),
 }
+RANKS = (2, 8)  # data-parallel sizes for the expected slowest rank of a step
 
 
 # ------------------------------------------------------------------------------------------------ inputs
@@ -279,6 +284,9 @@ def profile_split(run: Run, device: torch.device, steps: int) -> dict:
     split["host_syncs"] = count("aten::_local_scalar_dense", "aten::nonzero", "cudaStreamSynchronize",
                                 "cudaDeviceSynchronize")
     split["cuda_malloc_free"] = count("cudaMalloc", "cudaFree")
+    ranked = sorted(prof.key_averages(), key=lambda e: e.self_device_time_total, reverse=True)
+    split["top_ops"] = [(e.key, round(e.self_device_time_total / 1e3 / steps, 2), e.count // steps)
+                        for e in ranked[:TOP_OPS] if e.self_device_time_total > 0]
     return split
 
 
@@ -304,14 +312,35 @@ def _module_ranges(model) -> list:
 # --------------------------------------------------------------------------------------------------- main
 
 
-def measure(args, device, videos: list, name: str, settings: Optional[dict], ideal_lengths=None) -> dict:
+def steps_of(args, settings: Optional[dict]) -> int:
+    """Timed steps of a variant: `--spread` steps for random thresholds (their spread), else `--steps`."""
+    return args.spread if args.spread and settings and settings.get("train_threshold_range") else args.steps
+
+
+def spread_stats(times: list, lengths: list) -> dict:
+    """Percentiles of the step time over the draws, and the expected time of the slowest of k ranks that each draw
+    their own thresholds (the step every rank waits for), from the empirical distribution: with the times sorted,
+    E[max of k] = sum_i t_(i) ((i/n)^k - ((i-1)/n)^k)."""
+    ordered, n = sorted(times), len(times)
+    quantile = lambda q: ordered[min(n - 1, int(q * n))]  # noqa: E731
+    tokens = sorted(sum(step) for step in lengths[-n:])
+    out = {"step_p10": quantile(0.1), "step_p50": quantile(0.5), "step_p90": quantile(0.9), "step_max": ordered[-1],
+           "video_tokens_p50": tokens[len(tokens) // 2], "video_tokens_max": tokens[-1]}
+    for k in RANKS:
+        expected = sum(t * ((i / n) ** k - ((i - 1) / n) ** k) for i, t in enumerate(ordered, start=1))
+        out[f"slowest_of_{k}_ranks"] = expected
+    return out
+
+
+def measure(args, device, videos: list, name: str, settings: Optional[dict], ideal_lengths=None,
+            steps: Optional[int] = None) -> dict:
     """Median step time (and the profile split with --profile) of one variant or ideal."""
     run = make_run(args, device, videos, settings, ideal_lengths)
     row: dict = {"variant": name}
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     try:
-        times = timed_runs(run.step, device, args.warmup, args.steps)
+        times = timed_runs(run.step, device, args.warmup, steps or steps_of(args, settings))
         if args.profile:
             row.update(profile_split(run, device, args.profile_steps))
     except torch.OutOfMemoryError:
@@ -337,8 +366,11 @@ def bench_frames(args, device, frames: int) -> list:
         rows.append(row)
         if VARIANTS[name] is None or row["status"] != "ok":
             continue
-        needed = args.warmup + args.steps + (args.profile_steps if args.profile else 0)
-        ideal = measure(args, device, videos, f"ideal of {name}", None, row["lengths"][:needed])
+        steps = steps_of(args, VARIANTS[name])
+        if steps != args.steps:
+            row.update(spread_stats(row["step_times"], row["lengths"]))
+        needed = args.warmup + steps + (args.profile_steps if args.profile else 0)
+        ideal = measure(args, device, videos, f"ideal of {name}", None, row["lengths"][:needed], steps)
         row["ideal_s_per_step"] = ideal.get("s_per_step")
         row["fraction_of_ideal"] = ideal["s_per_step"] / row["s_per_step"] if ideal["status"] == "ok" else None
         rows.append(ideal)
@@ -367,6 +399,9 @@ def parse_args() -> argparse.Namespace:
                         help="turn off the cuDNN backend of scaled_dot_product_attention (it plans per new length)")
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--steps", type=int, default=8)
+    parser.add_argument("--spread", type=int, default=0, metavar="N",
+                        help="time N steps of the random-threshold variants and report the spread of their step "
+                        "times over the draws (and the expected slowest of 2 and 8 ranks)")
     parser.add_argument("--profile", action="store_true", help="split each step with torch.profiler")
     parser.add_argument("--profile-steps", type=int, default=3)
     parser.add_argument("--seed", type=int, default=0)
@@ -392,12 +427,19 @@ def main() -> None:
         "image_size", synthetic.TINY_VISION["image_size"]))], "warm-up", None)  # first-run costs hit no variant
     rows = [row for frames in args.frames for row in bench_frames(args, device, frames)]
     columns = ["frames", "variant", "status", "tokens_per_step", "s_per_step", "speedup", "fraction_of_ideal"]
+    if args.spread:
+        columns += ["step_p10", "step_p50", "step_p90", "step_max", "video_tokens_p50", "video_tokens_max",
+                    *(f"slowest_of_{k}_ranks" for k in RANKS)]
     if args.profile:
         columns += ["vision_ms", "llm_forward_ms", "dyntok_and_splice_ms", "backward_ms", "optimizer_ms",
                     "gpu_total_ms", "host_syncs", "cuda_malloc_free"]
     print(f"\n{device_name(device)}; size {args.size}; batch {args.batch}; train {','.join(args.train)}; "
           f"{args.precision}; checkpointing {args.checkpointing}; pixels {args.pixels}")
     print_table([{col: row.get(col, "-") for col in columns} for row in rows], columns)
+    for row in rows if args.profile else []:
+        print(f"\n{row['frames']} frames, {row['variant']}: GPU ms per step, calls per step")
+        for name, ms, calls in row.get("top_ops", []):
+            print(f"  {ms:8.2f}  {calls:5d}  {name[:110]}")
 
     import transformers
 

@@ -15,7 +15,11 @@ from .core.config import DynTokConfig
 from .core.errors import UnsupportedModelError
 from .hf.binding import CONFIG_ATTRIBUTE, adopt_assigned, claim, release, set_config_attribute
 
-HOST_MODULES = ("dyntok_plugin.patches.hf_llava_onevision", "dyntok_plugin.patches.llava_next")
+HOST_MODULES = (
+    "dyntok_plugin.patches.hf_llava_onevision",
+    "dyntok_plugin.patches.hf_qwen_vl",
+    "dyntok_plugin.patches.llava_next",
+)
 _SAVED_SETTING = "_dyntok_saved_setting"  # the host config's DynTok setting before patch_llava, restored on unpatch
 _ABSENT = object()
 
@@ -24,13 +28,15 @@ def patch_llava(model: nn.Module, threshold: Any = ..., *, config: Optional[DynT
     """Switch DynTok on for this model instance (never its class) and return the same model.
 
     Args:
-        model: a Hugging Face `LlavaOnevisionForConditionalGeneration` or a LLaVA-NeXT `LlavaQwenForCausalLM`-family
-            model, bare or wrapped by PEFT, DDP, FSDP, DeepSpeed or `torch.compile`.
+        model: a Hugging Face `LlavaOnevisionForConditionalGeneration`, `Qwen2_5_VLForConditionalGeneration`,
+            `Qwen3VLForConditionalGeneration` or `Qwen3VLMoeForConditionalGeneration`, or a LLaVA-NeXT
+            `LlavaQwenForCausalLM`-family model, bare or wrapped by PEFT, DDP, FSDP, DeepSpeed or `torch.compile`.
         threshold: similarity threshold (`DynTokConfig.threshold`); `None` with a budget.
         config: a ready `DynTokConfig` instead of keyword settings (held by reference: edit it live). A config is
             live on one model at a time (its `last_stats` are that model's): give each model its own.
         **settings: any other `DynTokConfig` field (`marker`, `similarity`, `train_threshold_range`, `max_tokens`,
-            `target_ratio`, `seed`).
+            `target_ratio`, `seed`). Unset fields take the host's defaults: `marker="none"` for Qwen VL (no
+            newline embedding), the `DynTokConfig` defaults otherwise.
 
     With no settings at all, the settings saved in `model.config` by an earlier `patch_llava` (they survive
     `save_pretrained`/`from_pretrained`) are restored, else the defaults are used. Calling it again re-patches with
@@ -49,7 +55,7 @@ def patch_llava(model: nn.Module, threshold: Any = ..., *, config: Optional[DynT
     host = find_host(target)
     if is_patched(target) and isinstance(target.__dict__.get(CONFIG_ATTRIBUTE), DynTokConfig):
         adopt_assigned(target, _compressor(target))  # an assigned model.dyntok is what "keep the settings" keeps
-    cfg = _resolve_config(target, threshold, config, settings)
+    cfg = _resolve_config(target, threshold, config, settings, getattr(host, "DEFAULT_SETTINGS", {}))
     claim(cfg, target)
     if is_patched(target):
         unpatch_llava(model)
@@ -165,10 +171,11 @@ def find_host(model: nn.Module) -> ModuleType:
 
 
 def _resolve_config(
-    model: nn.Module, threshold: Any, config: Optional[DynTokConfig], settings: dict
+    model: nn.Module, threshold: Any, config: Optional[DynTokConfig], settings: dict, host_defaults: dict
 ) -> DynTokConfig:
-    """Keyword settings on top of the defaults; else `config`; else the live settings of an already patched model;
-    else those saved in the model's config; else the defaults."""
+    """Keyword settings on top of the host's defaults (`marker="none"` for hosts without a newline embedding);
+    else `config` (as given); else the live settings of an already patched model; else those saved in the
+    model's config; else the host's defaults."""
     explicit = threshold is not ... or bool(settings)
     if config is not None:
         if explicit:
@@ -179,11 +186,11 @@ def _resolve_config(
     if explicit:
         if threshold is not ...:
             settings["threshold"] = threshold
-        return DynTokConfig.from_dict(settings)
+        return DynTokConfig.from_dict({**host_defaults, **settings})
     if is_patched(model):
         return _compressor(model).config
     saved = getattr(getattr(model, "config", None), CONFIG_ATTRIBUTE, None)
-    return _saved_config(saved) if isinstance(saved, dict) else DynTokConfig()
+    return _saved_config(saved) if isinstance(saved, dict) else DynTokConfig(**host_defaults)
 
 
 def _saved_config(saved: dict) -> DynTokConfig:

@@ -1,4 +1,5 @@
-"""Fine-tune a Hugging Face LLaVA-OneVision checkpoint with DynTok, on a JSONL file of video questions and answers.
+"""Fine-tune a Hugging Face LLaVA-OneVision or Qwen2.5-VL / Qwen3-VL checkpoint with DynTok, on a JSONL file of
+video questions and answers.
 
     python examples/finetune_hf.py --model CHECKPOINT --data train.jsonl --output-dir out
 

@@ -22,10 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import inspect
 import math
-import types
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -34,10 +31,18 @@ from torch import Tensor, nn
 
 from dyntok_plugin.core import DynTokCompressor, DynTokConfig
 from dyntok_plugin.hf import bilinear_pool, splice, transformers_version, video_token_id, vision_features
-from dyntok_plugin.hf.binding import adopt_assigned, clear_stats
-from dyntok_plugin.hf.common import pooled_grid
+from dyntok_plugin.hf.binding import clear_stats
+from dyntok_plugin.hf.common import per_channel_concurrently, pooled_grid
 from dyntok_plugin.hf.generation import PromptStreamer, padding_of, shift_lengths
 from dyntok_plugin.hf.parts import VISION_PARTS, vision_owner
+from dyntok_plugin.hf.wrapping import (
+    Originals,
+    generating,
+    install,
+    restore_methods,
+    restore_prompt,
+    take_inputs_argument,
+)
 
 SUPPORTED_CLASSES = ("transformers.LlavaOnevisionForConditionalGeneration",)
 STATE_ATTRIBUTE = "_dyntok_hf_state"
@@ -65,11 +70,7 @@ class _State:
 
     host: _Host
     compressor: DynTokCompressor
-    forward: Callable  # the forward that was bound when patched (class method or an accelerate hook)
-    generate: Callable
-    own_forward: bool  # whether `forward` / `generate` were instance attributes before patching
-    own_generate: bool
-    installed: dict = field(default_factory=dict)  # name -> the wrapper patch() bound on the instance
+    originals: Originals  # the forward/generate bound when patched, and the wrappers installed
     generating: int = 0  # > 0 inside a patched generate: its decode steps keep the prompt's statistics
 
 
@@ -87,21 +88,8 @@ def patch(model: nn.Module, config: DynTokConfig) -> None:
     hidden_size = int(getattr(weight, "ds_shape", weight.shape)[-1])  # ZeRO-3 partitions leave weight.shape empty
     marker = functools.partial(getattr, host.owner, "image_newline")
     compressor = DynTokCompressor(hidden_size=hidden_size, config=config, marker=marker)
-    state = _State(
-        host=host,
-        compressor=compressor,
-        forward=model.forward,
-        generate=model.generate,
-        own_forward="forward" in model.__dict__,
-        own_generate="generate" in model.__dict__,
-    )
-    model.__dict__[STATE_ATTRIBUTE] = state
-    state.installed = {
-        "forward": _bind(model, state.forward, _forward),
-        "generate": _bind(model, state.generate, _generate),
-    }
-    for name, wrapper in state.installed.items():
-        setattr(model, name, wrapper)
+    state = _State(host=host, compressor=compressor, originals=Originals.of(model))
+    install(model, state, STATE_ATTRIBUTE, {"forward": _forward, "generate": _generate})
 
 
 def unpatch(model: nn.Module) -> None:
@@ -109,20 +97,8 @@ def unpatch(model: nn.Module) -> None:
     state = model.__dict__.get(STATE_ATTRIBUTE)
     if state is None:
         return
-    rewrapped = [name for name, wrapper in state.installed.items() if model.__dict__.get(name) is not wrapper]
-    if rewrapped:
-        raise RuntimeError(
-            f"model.{rewrapped[0]} was wrapped again after patch_llava (accelerate's prepare_model and Trainer add "
-            "mixed-precision wrappers, for example); removing DynTok now would remove that wrapper too. Change the "
-            "settings live through model.dyntok instead, or call unpatch_llava before the model is wrapped."
-        )
+    restore_methods(model, state.originals)
     del model.__dict__[STATE_ATTRIBUTE]
-    for name, original, owned in (("forward", state.forward, state.own_forward),
-                                  ("generate", state.generate, state.own_generate)):
-        if owned:
-            setattr(model, name, original)
-        else:
-            model.__dict__.pop(name, None)
     marker = state.host.owner.image_newline
     if id(marker) in getattr(model, "_external_params", {}):  # registered for DeepSpeed ZeRO-3 by a call
         import deepspeed
@@ -156,90 +132,43 @@ def _find_host(model: nn.Module) -> _Host:
     )
 
 
-def _bind(model: nn.Module, original: Callable, body: Callable) -> types.MethodType:
-    """`body` bound to `model` as a method with the original's name, doc and signature (`generate` and `Trainer`
-    inspect it). Bound, not a closure, so `copy.deepcopy(model)` gets a copy that runs on its own weights."""
-    signature = inspect.signature(original)
-
-    @functools.wraps(original)
-    def method(self, *args, **kwargs):
-        state = self.__dict__[STATE_ATTRIBUTE]
-        adopt_assigned(self, state.compressor)
-        return body(self, state, _named_arguments(signature, args, kwargs), args, kwargs)
-
-    self_parameter = inspect.Parameter("self", inspect.Parameter.POSITIONAL_ONLY)
-    method.__signature__ = signature.replace(parameters=[self_parameter, *signature.parameters.values()])
-    return types.MethodType(method, model)
-
-
 def _forward(model: nn.Module, state: _State, call: dict, args: tuple, kwargs: dict):
     if call.get("pixel_values_videos") is None:
         if not state.generating:
             clear_stats(state.compressor)
-        return state.forward(*args, **kwargs)
+        return state.originals.methods["forward"](*args, **kwargs)
     side, unpadded = padding_of(call.get("attention_mask"), call.get("labels"))
     # Left padding that DynTok adds to an unpadded batch must not shift the positions: rebuild them from the mask.
     _splice_videos(model, state, call, side, positions_from_mask=unpadded and side == "left")
     call["input_ids"] = None  # the forward takes exactly one of input_ids / inputs_embeds
-    output = state.forward(**call)
+    mask = call["attention_mask"]
+    if call.get("labels") is not None and side == "right" and unpadded:
+        # Training on an unpadded batch, which the stock model runs without a mask: the padding DynTok adds at the
+        # end of rows (other lengths, `pad_to_multiple_of`) is never attended to by a real position of a causal LM,
+        # so it cannot reach the loss; without a mask the attention keeps its causal kernels (a mask costs 5-10 %
+        # of a step with random thresholds). A caller's own padding keeps its mask, as on the stock model.
+        call["attention_mask"] = None
+    output = state.originals.methods["forward"](**call)
     if not isinstance(output, tuple):
-        output.attention_mask = call["attention_mask"]  # the mask of the sequence that ran (to extend when decoding)
+        output.attention_mask = mask  # the mask of the sequence that ran (to extend when decoding)
     return output
 
 
 def _generate(model: nn.Module, state: _State, call: dict, args: tuple, kwargs: dict):
     if call.get("pixel_values_videos") is None:
         clear_stats(state.compressor)
-        with _generating(state):
-            return state.generate(*args, **kwargs)
-    if call.get("inputs") is not None:
-        if call.get("input_ids") is not None:
-            raise ValueError("generate() got input ids both as `inputs` and as `input_ids`; pass one of them.")
-        call["input_ids"] = call.pop("inputs")
-    call.pop("inputs", None)
+        with generating(state):
+            return state.originals.methods["generate"](*args, **kwargs)
+    take_inputs_argument(call)
     user_ids = call.get("input_ids")
     with torch.no_grad():
         _splice_videos(model, state, call, "left")
     shift_lengths(call, model.generation_config, call["input_ids"].shape[1] - user_ids.shape[1])
     if call.get("streamer") is not None:
         call["streamer"] = PromptStreamer(call["streamer"], user_ids.cpu())
-    with _generating(state):
-        output = state.generate(**call)
-    return _restore_prompt(output, user_ids, call["input_ids"].shape[1])
-
-
-@contextlib.contextmanager
-def _generating(state: _State):
-    """Marks the decode steps of a generate call (they run the patched forward without videos)."""
-    state.generating += 1
-    try:
-        yield
-    finally:
-        state.generating -= 1
-
-
-def _named_arguments(signature: inspect.Signature, args: tuple, kwargs: dict) -> dict:
-    """The call as one keyword dict (positional arguments named, `**kwargs` flattened)."""
-    bound = signature.bind_partial(*args, **kwargs)
-    call = {}
-    for name, value in bound.arguments.items():
-        if signature.parameters[name].kind is inspect.Parameter.VAR_KEYWORD:
-            call.update(value)
-        else:
-            call[name] = value
-    return call
-
-
-def _restore_prompt(output: Any, user_ids: Tensor, spliced_length: int) -> Any:
-    """Replace the spliced prompt at the head of the generated sequences by the caller's `input_ids`."""
-    sequences = output if isinstance(output, Tensor) else output.sequences
-    copies = sequences.shape[0] // user_ids.shape[0]  # num_return_sequences / beams expand each prompt in place
-    prompts = user_ids.to(sequences.device).repeat_interleave(copies, dim=0)
-    restored = torch.cat([prompts, sequences[:, spliced_length:]], dim=1)
-    if isinstance(output, Tensor):
-        return restored
-    output.sequences = restored
-    return output
+    with generating(state):
+        output = state.originals.methods["generate"](**call)
+    return restore_prompt(output, user_ids, call["input_ids"].shape[1])
 
 
 def _splice_videos(model: nn.Module, state: _State, call: dict, padding_side: str,
@@ -323,7 +252,8 @@ def _video_tokens(model, state: _State, frames: Tensor, frames_per_video: list, 
     projected = _pool(host, owner.multi_modal_projector(selected))
     compressor = state.compressor
     compressor.train(model.training)
-    similarity = _pool(host, selected) if compressor.config.similarity == "vision" else None
+    wanted = compressor.config.similarity == "vision" and compressor.similarity_needed()
+    similarity = _pool(host, selected) if wanted else None
     with _onloaded(owner), _zero3_gathered(model, owner.image_newline):
         batch = compressor.compress_batch(projected, frames_per_video, similarity)
     return batch.chunks()
@@ -333,7 +263,9 @@ def _pool(host: _Host, features: Tensor) -> Tensor:
     """`(N, g*g, C)` -> `(N, h, w, C)` with the host's video pooling.
 
     The fast version is used where it gives exactly the host's numbers, checked once per device, dtype and width
-    on the first frame (it does in half precision on GPU and on CPU; float32 on GPU differs in the last bit).
+    on the first frame (it does in half precision on GPU and on CPU; float32 on GPU, which autocast gives the
+    pooling, differs in the last bit). Elsewhere the host's own pooling runs on channel slices at once
+    (`per_channel_concurrently`: the same numbers, 20x faster on GPU than one call).
     """
     key = (str(features.device), features.dtype, features.shape[-1])
     if key not in host.fast_pooling:
@@ -342,7 +274,7 @@ def _pool(host: _Host, features: Tensor) -> Tensor:
         host.fast_pooling[key] = torch.equal(bilinear_pool(probe, host.grid).reshape(reference.shape), reference)
     if host.fast_pooling[key]:
         return bilinear_pool(features, host.grid)
-    pooled = host.owner.apply_pooling(features)
+    pooled = per_channel_concurrently(host.owner.apply_pooling, features)
     side = math.isqrt(pooled.shape[1])
     return pooled.reshape(pooled.shape[0], side, side, -1)
 

@@ -59,3 +59,43 @@ def test_compressor_section_survives_the_end_to_end_write(results):
     assert section["runs"]
     for run in section["runs"]:
         assert COMPRESSOR_KEYS <= run.keys()
+
+
+QWEN_KEYS = {"frames", "video_tokens_stock", "tokens_stock", "ttft_stock_s", "ttft_dyntok_s", "ttft_ideal_s",
+             "ttft_speedup", "fraction_of_ideal", "video_tokens_dyntok", "tokens_dyntok"}
+
+
+@pytest.fixture(scope="module")
+def qwen_results(tmp_path_factory) -> dict:
+    """bench_qwen.py's smoke mode (both hosts, tiny random models on the CPU)."""
+    path = tmp_path_factory.mktemp("bench_qwen") / "qwen.json"
+    _run("bench_qwen.py", "--smoke", "--out", str(path))
+    return json.loads(path.read_text())
+
+
+def test_qwen_rows_compare_stock_dyntok_and_ideal(qwen_results):
+    import importlib.util
+
+    info = qwen_results["qwen_info"]
+    assert "random weights" in info["note"].lower() and qwen_results["device"] == info["device"]
+    patched = importlib.util.find_spec("dyntok_plugin.patches.hf_qwen_vl") is not None
+    for host in ("qwen2_5_vl", "qwen3_vl"):
+        rows, host_info = qwen_results[host], info["hosts"][host]
+        assert [row["frames"] for row in rows] == [4, 8]
+        for row in rows:
+            # 32 px frames: a 4x4 merged grid per slice of 2 frames
+            assert row["video_tokens_stock"] == row["frames"] // 2 * 16 < row["tokens_stock"]
+            assert row["ttft_stock_s"] > 0 and row["ttft_ideal_s"] > 0
+            assert row["video_tokens_ideal"] == int(info["target_ratio"] * row["video_tokens_stock"])
+        assert host_info["check"]["ideal_all_tokens_max_abs_logit_diff"] < 1e-4  # the ideal's inputs are stock ones
+        if not patched:
+            assert "UnsupportedModelError" in host_info["dyntok_unavailable"]
+            continue
+        assert host_info["dyntok_unavailable"] is None
+        assert host_info["check"]["identity_max_abs_logit_diff"] == 0.0 and host_info["check"]["budget_generate_ok"]
+        for row in rows:
+            assert QWEN_KEYS <= row.keys()
+            assert row["video_tokens_dyntok"] == int(info["target_ratio"] * row["video_tokens_stock"])
+            assert row["tokens_dyntok"] == row["tokens_stock"] - row["video_tokens_stock"] + row["video_tokens_dyntok"]
+            assert row["ttft_speedup"] == pytest.approx(row["ttft_stock_s"] / row["ttft_dyntok_s"])
+            assert row["fraction_of_ideal"] == pytest.approx(row["ttft_ideal_s"] / row["ttft_dyntok_s"])

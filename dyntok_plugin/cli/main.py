@@ -18,6 +18,7 @@ import numpy as np
 
 from .. import __version__
 from ..core.config import MARKERS
+from ..hf.qwen_inputs import MAX_PIXELS
 from ..video import VideoError, VideoInfo, probe_video, sample_indices
 from .console import Need, Stages, decode, one_line, progress, require, table
 from .generate import GENERATE_NEEDS, run_generate
@@ -125,10 +126,15 @@ def build_parser() -> argparse.ArgumentParser:
         sub.add_argument("--frames", type=_positive_int, default=DEFAULT_FRAMES,
                          help=f"frames sampled uniformly from each video (default {DEFAULT_FRAMES}, as LLaVA-OV)")
         sub.add_argument("--model", required=model_required, metavar="ID_OR_PATH",
-                         help="LLaVA-OneVision checkpoint (folder or cached hub id) whose vision tower and projector "
-                              "give the features; default: the offline DINOv2-S/14 encoder")
-        sub.add_argument("--marker", choices=MARKERS, default="row",
-                         help="grid-marker layout counted in the ratio (default 'row', DynTok's)")
+                         help="LLaVA-OneVision, Qwen2.5-VL or Qwen3-VL checkpoint (folder or cached hub id) whose "
+                              "vision tower and projector (merger) give the features; default: the offline "
+                              "DINOv2-S/14 encoder")
+        sub.add_argument("--max-pixels", type=_positive_int, default=MAX_PIXELS, metavar="N",
+                         help=f"Qwen VL checkpoints: most pixels per frame after resizing, as the processor's "
+                              f"max_pixels (default {MAX_PIXELS} = 448x448)")
+        sub.add_argument("--marker", choices=MARKERS, default=None,
+                         help="grid-marker layout counted in the ratio (default: the host's, 'row' (DynTok's) for "
+                              "LLaVA-OneVision and the offline encoder, 'none' for Qwen VL)")
 
     inspect = commands.add_parser("inspect", help="per-frame token counts, merge map and ratio-vs-threshold plot")
     inspect.add_argument("video", metavar="VIDEO")
@@ -174,11 +180,17 @@ def _probe_all(paths: Sequence[str], frames: int) -> list[VideoInfo]:
     return infos
 
 
-def _load_encoder(stages: Stages, model: str | None):
+def _load_encoder(stages: Stages, args: argparse.Namespace):
     from .encoders import load_encoder
 
-    stages.start("load encoder", model or "offline DINOv2-S/14")
-    return load_encoder(model)
+    stages.start("load encoder", args.model or "offline DINOv2-S/14")
+    return load_encoder(args.model, max_pixels=args.max_pixels)
+
+
+def _host_marker(args: argparse.Namespace, encoder) -> None:
+    """`--marker` defaults to the marker layout of the encoder's host."""
+    if args.marker is None:
+        args.marker = encoder.default_marker
 
 
 def _decode_and_encode(stages: Stages, encoder, path: str, frames: int):
@@ -198,15 +210,19 @@ def run_inspect(args: argparse.Namespace) -> int:
     _probe_all([args.video], args.frames)
     with OutputFolder(args.out) as out:
         stages = Stages(5)
-        encoder = _load_encoder(stages, args.model)
+        encoder = _load_encoder(stages, args)
+        _host_marker(args, encoder)
         info, video, encoded = _decode_and_encode(stages, encoder, args.video, args.frames)
         stages.start("compress", f"thresholds {', '.join(f'{t:g}' for t in args.threshold)} and a sweep")
         features, similarity = encoded.features, encoded.similarity_features
         outputs = [compress(features, similarity, tau, args.marker) for tau in args.threshold]
         per_frame = np.stack([tokens_per_frame(o).numpy() for o in outputs], axis=1)
-        source = np.linspace(0, info.frames - 1, len(video), dtype=int)
+        # one grid per temporal slice (Qwen VL: 2 frames); shown and numbered by the slice's first frame
+        step = encoded.frames_per_slice
+        video = video[::step]
+        source = np.linspace(0, info.frames - 1, args.frames, dtype=int)[::step]
         curve = _inspect_curve(features, similarity, args)
-        _print_inspect(args, info, encoder.name, features.shape[:3], outputs, per_frame, source)
+        _print_inspect(args, info, encoder.name, features.shape[:3], outputs, per_frame, source, step)
         stages.start("write", f"plots and summary.json in {out.root}")
         _write_inspect(args, out, info, encoder.name, video, outputs, per_frame, source, curve)
     return 0
@@ -221,18 +237,21 @@ def _inspect_curve(features, similarity, args: argparse.Namespace) -> tuple[list
     return thresholds, (counts[0].double() / float(tokens_in[0])).tolist()
 
 
-def _print_inspect(args, info: VideoInfo, encoder: str, shape, outputs, per_frame, source) -> None:
-    """The per-frame table and the totals table, each with a line saying what its columns are."""
+def _print_inspect(args, info: VideoInfo, encoder: str, shape, outputs, per_frame, source, step: int = 1) -> None:
+    """The per-frame table and the totals table, each with a line saying what its columns are (a "frame" is a
+    temporal slice of `step` sampled frames for hosts that patch frames in pairs)."""
     frames, rows, cols = shape
     markers = {"row": f" + {rows} row markers", "frame": " + 1 frame marker"}.get(args.marker, "")
     print(f"video     {_describe(info)}")
     print(f"encoder   {encoder}")
-    print(f"grid      {frames} frames x {rows}x{cols} pooled tokens = {frames * rows * cols} tokens in; "
+    unit = "frames" if step == 1 else f"slices of {step} frames"
+    print(f"grid      {frames} {unit} x {rows}x{cols} pooled tokens = {frames * rows * cols} tokens in; "
           f"marker {args.marker!r}")
     print()
     print(table(["frame", "source"] + [f"τ={t:g}" for t in args.threshold],
                 [[i, int(source[i])] + per_frame[i].tolist() for i in range(frames)],
-                legend=f"frame: sampled frame; source: its frame number in the video; τ=T: tokens that frame keeps "
+                legend=f"frame: sampled frame{'' if step == 1 else f' (slice of {step})'}; source: its (first) frame "
+                       "number in the video; τ=T: tokens that frame keeps "
                        f"at threshold T, markers included (at most {rows * cols} pooled tokens{markers})"))
     print()
     totals = [[f"{o.stats.threshold:.4f}", o.stats.tokens_in, o.stats.tokens_out, f"{o.stats.ratio:.4f}"]
@@ -286,7 +305,8 @@ def run_calibrate(args: argparse.Namespace) -> int:
     _probe_all(args.videos, args.frames)
     with OutputFolder(args.out) as out:
         stages = Stages(3 + 2 * len(args.videos))
-        encoder = _load_encoder(stages, args.model)
+        encoder = _load_encoder(stages, args)
+        _host_marker(args, encoder)
         videos = []
         for path in args.videos:
             _, _, encoded = _decode_and_encode(stages, encoder, path, args.frames)

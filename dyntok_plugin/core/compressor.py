@@ -197,7 +197,10 @@ class DynTokCompressor(nn.Module):
         frame_counts = torch.tensor(frames_per_video)
         frame_video = torch.repeat_interleave(torch.arange(num_videos), frame_counts).to(device, non_blocking=True)
         thresholds = thresholds.to(device, non_blocking=True)
-        similarity = left_similarity(similarity_features)
+        if self.similarity_needed():
+            similarity = left_similarity(similarity_features)
+        else:  # nothing merges: every pair is a boundary whatever its similarity
+            similarity = features.new_zeros(total_frames, rows, cols - 1, dtype=torch.float32)
         starts, effective = group_starts(
             similarity, frame_video, thresholds, None if capacity is None else capacity.to(device, non_blocking=True)
         )
@@ -225,7 +228,7 @@ class DynTokCompressor(nn.Module):
         group_of_position = torch.cumsum(starts.flatten(), 0) - 1
         token_index = group_of_position + unit_of_position
         total = sum(lengths)
-        tokens = _group_means(features, token_index, total)
+        tokens = group_means(features, token_index, total)
         is_marker = torch.zeros(total, dtype=torch.bool, device=device)
         if unit_end_rows is not None:
             num_units = unit_end_rows.numel()
@@ -234,6 +237,13 @@ class DynTokCompressor(nn.Module):
             tokens = tokens.index_copy(0, marker_index, marker.expand(num_units, -1))
             is_marker.index_fill_(0, marker_index, True)  # a Python scalar assigned by index is a blocking copy
         return tokens, token_index.view(total_frames, rows, cols), is_marker, lengths, effective_host
+
+    def similarity_needed(self) -> bool:
+        """Whether the next call reads the similarities. It does not when nothing can merge: a threshold >= 1 (a
+        cosine is never above 1), no budget and no training draws; callers may then skip computing them."""
+        cfg = self.config
+        drawing = self.training and cfg.train_threshold_range is not None
+        return drawing or cfg.has_budget or cfg.threshold is None or cfg.threshold < 1.0
 
     def floor(self, frames: int, rows: int) -> int:
         """The fewest tokens a video can have: one per row plus its markers."""
@@ -359,7 +369,7 @@ def _all_finite(tensor: Tensor) -> Tensor:
         return torch.isfinite(tensor.detach()).all()
 
 
-def _group_means(features: Tensor, token_index: Tensor, total: int) -> Tensor:
+def group_means(features: Tensor, token_index: Tensor, total: int) -> Tensor:
     """Mean of the features mapped to each output slot, accumulated in float32, in the features' dtype; slots
     with no features (markers) are zero."""
     flat = features.reshape(-1, features.shape[-1])

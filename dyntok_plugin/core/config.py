@@ -26,13 +26,15 @@ class DynTokConfig:
             projected features.
         marker (`"row"`, `"frame"`, `"video"` or `"none"`): where the grid marker goes: after each row (DynTok),
             after each frame, once after the video (stock Hugging Face LLaVA-OneVision layout), or nowhere.
-        max_tokens (`int` or `None`): per-video budget, markers included, met exactly; a cap on the threshold.
+        max_tokens (`int` or `None`): per-video budget, markers included, met exactly; a cap on the threshold (also
+            on drawn training thresholds: it bounds the longest sequence any step, or any rank, can draw).
         target_ratio (`float` in (0, 1] or `None`): budget as a fraction of the pooled grid, `floor(ratio * F*h*w)`.
         seed (`int` or `None`): seeds the training-threshold draws; `None` uses torch's global RNG.
         pad_to_multiple_of (`int` or `None`): in training (calls with labels), pad the spliced sequence length up to a
             multiple of this, so that random thresholds give few distinct lengths (allocator and kernel selection
-            costs per new length); the extra positions are padding (masked, labels -100). `None` pads to the
-            longest sample only.
+            costs per new length); the extra positions are padding (labels -100; masked, except in a batch that came
+            unpadded, where no real position of a causal LM can attend to them). `None` pads to the longest
+            sample only.
     """
 
     threshold: Optional[float] = 0.7

@@ -1,6 +1,7 @@
-"""Checkpoint backends for the lmms-eval model: load LLaVA-OneVision, answer and score prompts with its visuals.
+"""Checkpoint backends for the lmms-eval models: load a checkpoint, answer and score prompts with its visuals.
 
-`HFBackend` serves Hugging Face checkpoints through transformers and the checkpoint's processor;
+`HFBackend` serves Hugging Face checkpoints (LLaVA-OneVision, Qwen2.5-VL, Qwen3-VL) through transformers and the
+checkpoint's processor;
 `LlavaNextBackend` serves original LLaVA-NeXT checkpoints (`lmms-lab/llava-onevision-*`) through
 `llava.model.builder` (or that of `llavaction`, LLaVA-NeXT's PyPI fork, same layout). Both take `Prompt`s and
 return `Generation`s or `(log-probability, is_greedy)` pairs, and count each prompt's real input length from DynTok's
@@ -18,7 +19,7 @@ from typing import List, Optional, Sequence, Tuple, Union
 import numpy as np
 import torch
 
-from ..hf.checkpoints import dtype_argument
+from ..hf.checkpoints import VIDEO_MODEL_CLASSES, dtype_argument, video_model_class
 from ..core.config import DynTokConfig
 from ..hf.processing import user_turn, video_token_id
 from ..core.stats import DynTokStats
@@ -60,18 +61,22 @@ def load_backend(pretrained: str, backend: str, conv_template: str, dtype: str, 
 
 
 class HFBackend:
-    """A Hugging Face `LlavaOnevisionForConditionalGeneration` with its processor (chat template included)."""
+    """A Hugging Face LLaVA-OneVision, Qwen2.5-VL or Qwen3-VL model with its processor (chat template included)."""
 
     def __init__(self, pretrained: str, dtype: str, device: torch.device, device_map: Optional[str],
                  attn_implementation: Optional[str]) -> None:
-        from transformers import AutoProcessor, LlavaOnevisionForConditionalGeneration
+        from transformers import AutoProcessor, PretrainedConfig
 
+        values, _ = PretrainedConfig.get_config_dict(pretrained)
+        model_class = video_model_class(values.get("model_type"))
         load = dtype_argument(_torch_dtype(dtype))
         if device_map:
             load["device_map"] = device_map
         if attn_implementation:
             load["attn_implementation"] = attn_implementation
-        self.model = LlavaOnevisionForConditionalGeneration.from_pretrained(pretrained, **load).eval()
+        self.model = model_class.from_pretrained(pretrained, **load).eval()
+        # Qwen VL video processors sample frames themselves unless told not to: the frames given are the samples
+        self.video_options = {"do_sample_frames": False} if values.get("model_type", "").startswith("qwen") else {}
         if not device_map:
             self.model.to(device)
         self.device = device if not device_map else self.model.device
@@ -95,7 +100,8 @@ class HFBackend:
         videos = [v for p in prompts for v in p.videos]
         images = [i for p in prompts for i in p.images]
         inputs = self.processor(
-            text=texts, videos=videos or None, images=images or None, padding=True, return_tensors="pt"
+            text=texts, videos=videos or None, images=images or None, padding=True, return_tensors="pt",
+            **(self.video_options if videos else {}),
         )
         dtype = self.model.dtype
         return {k: v.to(self.device, dtype) if v.is_floating_point() else v.to(self.device) for k, v in inputs.items()}
@@ -266,18 +272,18 @@ def _llava_dtype(pretrained: str, dtype: str) -> str:
 
 
 def detect_backend(pretrained: str) -> str:
-    """`"hf"` for transformers LLaVA-OneVision checkpoints, `"llava"` for original LLaVA-NeXT ones."""
+    """`"hf"` for transformers LLaVA-OneVision / Qwen VL checkpoints, `"llava"` for original LLaVA-NeXT ones."""
     from transformers import PretrainedConfig
 
     values, _ = PretrainedConfig.get_config_dict(pretrained)
     architectures = values.get("architectures") or []
-    if values.get("model_type") == "llava_onevision" or "LlavaOnevisionForConditionalGeneration" in architectures:
+    if values.get("model_type") in VIDEO_MODEL_CLASSES or set(VIDEO_MODEL_CLASSES.values()) & set(architectures):
         return "hf"
     if any(name.startswith("Llava") and name.endswith("ForCausalLM") for name in architectures):
         return "llava"
     raise ValueError(
-        f"{pretrained!r} is neither a Hugging Face LLaVA-OneVision checkpoint (model_type llava_onevision) nor a "
-        f"LLaVA-NeXT one (architectures Llava*ForCausalLM); its config says model_type="
+        f"{pretrained!r} is neither a Hugging Face LLaVA-OneVision checkpoint (model_type llava_onevision), a "
+        f"Qwen2.5-VL / Qwen3-VL one (model_type qwen2_5_vl, qwen3_vl, qwen3_vl_moe) nor a LLaVA-NeXT one (architectures Llava*ForCausalLM); its config says model_type="
         f"{values.get('model_type')!r}, architectures={architectures}. Pass backend=hf or backend=llava to force one."
     )
 

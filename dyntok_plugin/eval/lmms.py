@@ -1,4 +1,5 @@
-"""lmms-eval model `llava_onevision_dyntok`: LLaVA-OneVision with DynTok, for the installed lmms-eval, unchanged.
+"""lmms-eval models `llava_onevision_dyntok`, `qwen2_5_vl_dyntok`, `qwen3_vl_dyntok`: the host with DynTok, for the
+installed lmms-eval, unchanged.
 
 lmms-eval 0.7 finds plugin models through the Python entry-point group `lmms_eval.models`; this package
 registers `llava_onevision_dyntok = dyntok_plugin.eval.lmms:lmms_eval_manifest` there, so
@@ -7,7 +8,10 @@ registers `llava_onevision_dyntok = dyntok_plugin.eval.lmms:lmms_eval_manifest` 
         --model_args pretrained=llava-hf/llava-onevision-qwen2-7b-ov-hf,dyntok_threshold=0.7 \
         --tasks videomme,mlvu_dev --batch_size 1 --log_samples --output_path results/
 
-runs the stock task code on a DynTok-patched model. Every `DynTokConfig` field is a model argument with a
+runs the stock task code on a DynTok-patched model. `qwen2_5_vl_dyntok` and `qwen3_vl_dyntok` (same entry-point group)
+are the same model for Qwen2.5-VL and Qwen3-VL checkpoints (`pretrained=Qwen/Qwen2.5-VL-7B-Instruct`, ...), through
+the Hugging Face backend and the checkpoint's processor (torchvision needed); `llava_onevision_dyntok` also accepts
+them (the backend follows the checkpoint's config). Every `DynTokConfig` field is a model argument with a
 `dyntok_` prefix (`dyntok_threshold`, `dyntok_marker`, `dyntok_similarity`, `dyntok_max_tokens`,
 `dyntok_target_ratio`, `dyntok_train_threshold_range`, `dyntok_seed`); `dyntok=false` evaluates the unpatched
 model through the same code for a baseline. Hugging Face checkpoints load through transformers; original
@@ -46,13 +50,15 @@ except ImportError as err:  # pragma: no cover - exercised only without the extr
         "(or: pip install 'lmms-eval>=0.7,<0.8')"
     ) from err
 
-from ..api import patch_llava
+from ..api import find_host, patch_llava, unwrap_model
 from ..core.config import DynTokConfig
 from .backends import Prompt, load_backend
 from .stats import RunTotals, sample_stats
 from ..video import load_video, probe_video
 
 MODEL_ID = "llava_onevision_dyntok"
+QWEN25_MODEL_ID = "qwen2_5_vl_dyntok"
+QWEN3_MODEL_ID = "qwen3_vl_dyntok"
 SETTING_PREFIX = "dyntok_"
 _NONE_WORDS = ("none", "null", "")
 
@@ -64,8 +70,23 @@ def lmms_eval_manifest():
     return ModelManifest(model_id=MODEL_ID, simple_class_path=f"{__name__}.LlavaOneVisionDynTok")
 
 
-def dyntok_config_from_args(args: dict) -> DynTokConfig:
-    """A validated `DynTokConfig` from `dyntok_<field>` model arguments (as lmms-eval parsed them)."""
+def qwen2_5_vl_manifest():
+    """Entry point for `--model qwen2_5_vl_dyntok`."""
+    from lmms_eval.models.registry_v2 import ModelManifest
+
+    return ModelManifest(model_id=QWEN25_MODEL_ID, simple_class_path=f"{__name__}.Qwen25VLDynTok")
+
+
+def qwen3_vl_manifest():
+    """Entry point for `--model qwen3_vl_dyntok`."""
+    from lmms_eval.models.registry_v2 import ModelManifest
+
+    return ModelManifest(model_id=QWEN3_MODEL_ID, simple_class_path=f"{__name__}.Qwen3VLDynTok")
+
+
+def dyntok_config_from_args(args: dict, host_defaults: Optional[dict] = None) -> DynTokConfig:
+    """A validated `DynTokConfig` from `dyntok_<field>` model arguments (as lmms-eval parsed them), on top of the
+    host's defaults (`marker="none"` for Qwen VL)."""
     settings = {}
     for key, value in args.items():
         name = key[len(SETTING_PREFIX):]
@@ -77,7 +98,7 @@ def dyntok_config_from_args(args: dict) -> DynTokConfig:
             value = int(value)
         settings[name] = value
     try:
-        return DynTokConfig.from_dict(settings)
+        return DynTokConfig.from_dict({**(host_defaults or {}), **settings})
     except ValueError as err:
         raise ValueError(
             f"Bad DynTok model argument: {err} Write them as --model_args dyntok_<setting>=<value>."
@@ -120,6 +141,7 @@ class LlavaOneVisionDynTok(lmms):
     """
 
     is_simple = True
+    model_id = MODEL_ID
 
     def __init__(
         self,
@@ -141,7 +163,7 @@ class LlavaOneVisionDynTok(lmms):
         settings = {k: kwargs.pop(k) for k in list(kwargs) if k.startswith(SETTING_PREFIX)}
         if kwargs:
             raise TypeError(
-                f"{MODEL_ID} got unknown model argument(s) {sorted(kwargs)}. Known: pretrained, backend, device, "
+                f"{self.model_id} got unknown model argument(s) {sorted(kwargs)}. Known: pretrained, backend, device, "
                 "dtype, device_map, attn_implementation, batch_size, max_batch_size, max_frames_num, dyntok, "
                 "dyntok_stats_path, conv_template and dyntok_<setting> for the settings "
                 f"{list(DynTokConfig().to_dict())}."
@@ -156,7 +178,7 @@ class LlavaOneVisionDynTok(lmms):
         if isinstance(batch_size, str) and batch_size.strip().isdigit():
             batch_size = int(batch_size)
         if max_batch_size is not None or (isinstance(batch_size, str) and batch_size.startswith("auto")):
-            raise ValueError(f"{MODEL_ID} needs a fixed --batch_size N; automatic batch sizes are not supported.")
+            raise ValueError(f"{self.model_id} needs a fixed --batch_size N; automatic batch sizes are not supported.")
         self.batch_size_per_gpu = _positive_int("batch_size", batch_size)
         self.max_frames_num = _positive_int("max_frames_num", max_frames_num)
         self.stats_path = Path(dyntok_stats_path) if dyntok_stats_path not in (None, "") else None
@@ -167,7 +189,9 @@ class LlavaOneVisionDynTok(lmms):
             self.pretrained, backend, conv_template=conv_template, dtype=dtype, device=self._device,
             device_map=device_map, attn_implementation=attn_implementation,
         )
-        if self.dyntok_config is not None:
+        if self.dyntok_config is not None:  # validated above, before loading; now on the host's defaults
+            host = find_host(unwrap_model(self.backend.model))
+            self.dyntok_config = dyntok_config_from_args(settings, getattr(host, "DEFAULT_SETTINGS", {}))
             patch_llava(self.backend.model, config=self.dyntok_config)
 
     def _setup_devices(self, device: Optional[str]) -> None:
@@ -202,7 +226,7 @@ class LlavaOneVisionDynTok(lmms):
         """Answer each request (context, gen_kwargs, doc_to_visual, doc_id, task, split), batched by settings."""
         results: list = [None] * len(requests)
         totals = RunTotals()
-        progress = tqdm(total=len(requests), disable=self.rank != 0, desc=f"{MODEL_ID} generating")
+        progress = tqdm(total=len(requests), disable=self.rank != 0, desc=f"{self.model_id} generating")
         for indices in _batches([req.args[1] for req in requests], self.batch_size):
             batch = [requests[i] for i in indices]
             gen_kwargs = dict(batch[0].args[1] or {})
@@ -228,7 +252,7 @@ class LlavaOneVisionDynTok(lmms):
         """Log-probability of each continuation (context, continuation or doc_to_target, doc_to_visual, doc_id,
         task, split) after the visuals, and whether greedy decoding would produce it."""
         results: list = []
-        for req in tqdm(requests, disable=self.rank != 0, desc=f"{MODEL_ID} scoring"):
+        for req in tqdm(requests, disable=self.rank != 0, desc=f"{self.model_id} scoring"):
             context, target, doc_to_visual, doc_id, task, split = req.args[:6]
             continuation = target if isinstance(target, str) else target(self.task_dict[task][split][doc_id])
             prompt = self._prompt(context, doc_to_visual, doc_id, task, split)
@@ -238,7 +262,7 @@ class LlavaOneVisionDynTok(lmms):
 
     def generate_until_multi_round(self, requests: List[Instance]) -> List[str]:
         raise NotImplementedError(
-            f"{MODEL_ID} does not implement multi-round generation (output_type generate_until_multi_round); "
+            f"{self.model_id} does not implement multi-round generation (output_type generate_until_multi_round); "
             "run single-round tasks such as videomme or mlvu_dev with it."
         )
 
@@ -253,7 +277,7 @@ class LlavaOneVisionDynTok(lmms):
                 prompt.images.append(visual.convert("RGB"))
             else:
                 raise TypeError(
-                    f"{task} doc {doc_id}: doc_to_visual gave a {type(visual).__name__}; {MODEL_ID} takes video "
+                    f"{task} doc {doc_id}: doc_to_visual gave a {type(visual).__name__}; {self.model_id} takes video "
                     "file paths and PIL images."
                 )
         return prompt
@@ -290,6 +314,43 @@ class LlavaOneVisionDynTok(lmms):
         """Run-level means into lmms-eval's throughput summary (`results["throughput"]["avg_dyntok_*"]`)."""
         seconds = totals.seconds
         log_metrics(seconds, totals.generated, totals.generated / seconds if seconds else 0.0, totals.dyntok_means())
+
+
+class _QwenDynTok(LlavaOneVisionDynTok):
+    """The model for one Qwen VL family: its default checkpoint, and a clear error for a checkpoint of another."""
+
+    model_types: Tuple[str, ...] = ()
+    default_pretrained = ""
+
+    def __init__(self, pretrained: Optional[str] = None, **kwargs: Any) -> None:
+        from transformers import PretrainedConfig
+
+        pretrained = str(pretrained or self.default_pretrained)
+        model_type = PretrainedConfig.get_config_dict(pretrained)[0].get("model_type")
+        if model_type not in self.model_types:
+            raise ValueError(
+                f"{self.model_id} serves {' / '.join(self.model_types)} checkpoints; {pretrained!r} is a "
+                f"{model_type!r} one. Use --model {QWEN25_MODEL_ID}, {QWEN3_MODEL_ID} or {MODEL_ID} to match it."
+            )
+        kwargs.setdefault("backend", "hf")
+        super().__init__(pretrained=pretrained, **kwargs)
+
+
+class Qwen25VLDynTok(_QwenDynTok):
+    """Qwen2.5-VL with DynTok (`--model qwen2_5_vl_dyntok`); model arguments as `llava_onevision_dyntok`'s."""
+
+    model_id = QWEN25_MODEL_ID
+    model_types = ("qwen2_5_vl",)
+    default_pretrained = "Qwen/Qwen2.5-VL-7B-Instruct"
+
+
+class Qwen3VLDynTok(_QwenDynTok):
+    """Qwen3-VL (dense or MoE) with DynTok (`--model qwen3_vl_dyntok`); model arguments as
+    `llava_onevision_dyntok`'s."""
+
+    model_id = QWEN3_MODEL_ID
+    model_types = ("qwen3_vl", "qwen3_vl_moe")
+    default_pretrained = "Qwen/Qwen3-VL-8B-Instruct"
 
 
 def _batches(gen_kwargs: Sequence[Any], size: int) -> List[List[int]]:

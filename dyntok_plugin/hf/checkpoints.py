@@ -19,11 +19,48 @@ SIGLIP_MEAN = (0.5, 0.5, 0.5)
 SIGLIP_STD = (0.5, 0.5, 0.5)
 PREPROCESSOR_FILES = ("video_preprocessor_config.json", "preprocessor_config.json")
 CHAT_TEMPLATE_FILES = ("chat_template.jinja", "chat_template.json")
+# The transformers class of each host's checkpoints, by `model_type`.
+VIDEO_MODEL_CLASSES = {
+    "llava_onevision": "LlavaOnevisionForConditionalGeneration",
+    "qwen2_5_vl": "Qwen2_5_VLForConditionalGeneration",
+    "qwen3_vl": "Qwen3VLForConditionalGeneration",
+    "qwen3_vl_moe": "Qwen3VLMoeForConditionalGeneration",
+}
+
+
+def video_model_class(model_type: str):
+    """The `...ForConditionalGeneration` class for a host's `model_type`; `ValueError` naming the known types or
+    the transformers upgrade needed."""
+    import transformers
+
+    if model_type not in VIDEO_MODEL_CLASSES:
+        raise ValueError(f"model_type {model_type!r} is not a host DynTok knows; known: {sorted(VIDEO_MODEL_CLASSES)}")
+    found = getattr(transformers, VIDEO_MODEL_CLASSES[model_type], None)
+    if found is None:
+        raise ValueError(f"transformers {transformers.__version__} has no {VIDEO_MODEL_CLASSES[model_type]} "
+                         f"(model_type {model_type!r}); upgrade transformers")
+    return found
 
 
 def dtype_argument(dtype: Any) -> dict:
     """The `from_pretrained` keyword for the weights' dtype (`torch_dtype` before transformers 4.56)."""
     return {"dtype" if transformers_version() >= (4, 56) else "torch_dtype": dtype}
+
+
+QWEN_VL_CLASSES = {
+    "qwen2_5_vl": "Qwen2_5_VLForConditionalGeneration",
+    "qwen3_vl": "Qwen3VLForConditionalGeneration",
+    "qwen3_vl_moe": "Qwen3VLMoeForConditionalGeneration",
+}
+
+
+def host_model_class(id_or_path: Any) -> Any:
+    """The transformers class DynTok patches for a checkpoint (folder or hub id): the Qwen VL class of its
+    `model_type`, else `LlavaOnevisionForConditionalGeneration`."""
+    import transformers
+
+    model_type = getattr(transformers.AutoConfig.from_pretrained(str(id_or_path)), "model_type", None)
+    return getattr(transformers, QWEN_VL_CLASSES.get(model_type, "LlavaOnevisionForConditionalGeneration"))
 
 
 def checkpointing_arguments() -> dict:
@@ -52,15 +89,16 @@ def checkpoint_file(id_or_path: str, names: Sequence[str]) -> Path | None:
     return None
 
 
-def image_normalisation(id_or_path: str) -> tuple[tuple, tuple]:
-    """Mean/std from the checkpoint's (video) preprocessor config when it has them, else SigLIP's 0.5/0.5."""
+def image_normalisation(id_or_path: str, default: tuple = (SIGLIP_MEAN, SIGLIP_STD)) -> tuple[tuple, tuple]:
+    """Mean/std from the checkpoint's (video) preprocessor config when it has them, else `default` (SigLIP's
+    0.5/0.5; the host's own processor defaults for other hosts)."""
     for name in PREPROCESSOR_FILES:
         path = checkpoint_file(id_or_path, [name])
         if path is not None:
             values = json.loads(path.read_text(encoding="utf-8"))
             if "image_mean" in values and "image_std" in values:
                 return tuple(values["image_mean"]), tuple(values["image_std"])
-    return SIGLIP_MEAN, SIGLIP_STD
+    return default
 
 
 def saved_chat_template(id_or_path: str) -> str | None:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import functools
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
@@ -66,6 +66,35 @@ def vision_features(tower: nn.Module, frames: Tensor, layer: int | Sequence[int]
         for handle in handles:
             handle.remove()
     return torch.cat([captured[i % len(sources)] for i in indices], dim=-1)
+
+
+def per_channel_concurrently(fn: Callable[[Tensor], Tensor], features: Tensor, parts: int = 32) -> Tensor:
+    """`fn(features)` for an `fn` that treats each channel (last axis) on its own, run on channel slices on side
+    CUDA streams at once and concatenated: the same kernel on the same numbers, so bit-identical to one call.
+
+    For the host's channels-first bilinear pooling, whose CUDA kernel runs one thread per output position and loops
+    over every frame and channel: one call keeps one multiprocessor busy (23 ms for 64 frames of 729 x 896 float32
+    features on an H200). Autograd follows the streams. On other devices, or with few channels, one plain call.
+    """
+    if features.device.type != "cuda" or features.shape[-1] < 2 * parts:
+        return fn(features)
+    main = torch.cuda.current_stream(features.device)
+    streams = _side_streams(features.device, parts)
+    outputs = []
+    for stream, part in zip(streams, features.tensor_split(parts, dim=-1)):
+        stream.wait_stream(main)
+        features.record_stream(stream)  # read on the side stream: not to be reused before it is done
+        with torch.cuda.stream(stream):
+            outputs.append(fn(part.contiguous()))
+    for stream, output in zip(streams, outputs):
+        main.wait_stream(stream)
+        output.record_stream(main)
+    return torch.cat(outputs, dim=-1)
+
+
+@functools.lru_cache(maxsize=None)
+def _side_streams(device: torch.device, count: int) -> tuple:
+    return tuple(torch.cuda.Stream(device=device) for _ in range(count))
 
 
 def pooled_grid(grid: int) -> int:

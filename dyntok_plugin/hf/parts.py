@@ -36,7 +36,20 @@ class ModelParts:
 
 
 def find_parts(model: nn.Module) -> ModelParts:
-    """The `ModelParts` of a bare (unwrapped) HF LLaVA-style model; `TypeError` naming what is missing otherwise."""
+    """The `ModelParts` of a bare (unwrapped) HF LLaVA-style or Qwen VL model; `TypeError` naming what is missing
+    otherwise. Qwen VL: the tower is `visual`, the projector its patch merger (with Qwen3-VL's DeepStack mergers),
+    the marker the one DynTok registers as `dyntok_marker` (None before patching or with `marker="none"`)."""
+    qwen = getattr(model, "model", None)
+    if qwen is not None and hasattr(qwen, "visual") and hasattr(qwen, "language_model"):
+        visual = qwen.visual
+        return ModelParts(
+            owner=qwen,
+            vision_tower=visual,
+            projector=nn.ModuleList([visual.merger, *getattr(visual, "deepstack_merger_list", [])]),
+            marker=model._parameters.get("dyntok_marker"),
+            language_model=qwen.language_model,
+            lm_head=getattr(model, "lm_head", None),
+        )
     owner = vision_owner(model)
     if owner is None:
         raise TypeError(

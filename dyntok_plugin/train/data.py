@@ -101,12 +101,18 @@ def encode_example(processor: Any, frames: np.ndarray, question: str, answer: st
     target_ids = torch.tensor(processor.tokenizer(target, add_special_tokens=False)["input_ids"], dtype=torch.long)
     input_ids = torch.cat([prompt_ids, target_ids])
     labels = torch.cat([torch.full_like(prompt_ids, IGNORE_INDEX), target_ids])
-    return {
-        "input_ids": input_ids,
-        "attention_mask": torch.ones_like(input_ids),
-        "labels": labels,
-        "pixel_values_videos": encoded["pixel_values_videos"][0],
-    }
+    example = {"input_ids": input_ids, "attention_mask": torch.ones_like(input_ids), "labels": labels}
+    if "video_grid_thw" not in encoded:  # LLaVA-OneVision: (1, F, 3, H, W)
+        example["pixel_values_videos"] = encoded["pixel_values_videos"][0]
+        return example
+    # Qwen VL: patch rows of the video, its grid, token types (the answer is text) and, for Qwen2.5-VL, timing.
+    example.update(pixel_values_videos=encoded["pixel_values_videos"], video_grid_thw=encoded["video_grid_thw"])
+    if encoded.get("mm_token_type_ids") is not None:
+        types = encoded["mm_token_type_ids"][0]
+        example["mm_token_type_ids"] = torch.cat([types, torch.zeros_like(target_ids, dtype=types.dtype)])
+    if encoded.get("second_per_grid_ts") is not None:
+        example["second_per_grid_ts"] = torch.as_tensor(encoded["second_per_grid_ts"], dtype=torch.float32)
+    return example
 
 
 class VideoQADataset(torch.utils.data.Dataset):
@@ -140,8 +146,10 @@ class VideoQADataset(torch.utils.data.Dataset):
 class VideoQACollator:
     """Pads encoded examples into a batch (labels padded with -100) and batches their videos.
 
-    Videos with one frame count are stacked into the stock `(B, F, 3, H, W)` tensor; a batch that mixes frame counts
-    gets a list of `(F_i, 3, H, W)` tensors, which the DynTok patch accepts (the unpatched model does not).
+    LLaVA-OneVision: videos with one frame count are stacked into the stock `(B, F, 3, H, W)` tensor; a batch that
+    mixes frame counts gets a list of `(F_i, 3, H, W)` tensors, which the DynTok patch accepts (the unpatched model
+    does not). Qwen VL (examples with `video_grid_thw`): patch rows, grids and timings are concatenated in order and
+    `mm_token_type_ids` padded with 0, as the processor batches them.
     """
 
     def __init__(self, pad_token_id: int, padding_side: str = "right"):
@@ -171,7 +179,22 @@ class VideoQACollator:
             batch["input_ids"][row, span] = example["input_ids"]
             batch["attention_mask"][row, span] = 1
             batch["labels"][row, span] = example["labels"]
+        if "video_grid_thw" in examples[0]:
+            return self._qwen_videos(examples, batch)
         videos = [example["pixel_values_videos"] for example in examples]
         same_frames = len({int(video.shape[0]) for video in videos}) == 1
         batch["pixel_values_videos"] = torch.stack(videos) if same_frames else videos
+        return batch
+
+    def _qwen_videos(self, examples: Sequence[dict[str, torch.Tensor]], batch: dict) -> dict[str, torch.Tensor]:
+        for key in ("pixel_values_videos", "video_grid_thw", "second_per_grid_ts"):
+            if key in examples[0]:
+                batch[key] = torch.cat([example[key] for example in examples])
+        if "mm_token_type_ids" in examples[0]:
+            types = torch.zeros_like(batch["input_ids"], dtype=examples[0]["mm_token_type_ids"].dtype)
+            for row, example in enumerate(examples):
+                length = int(example["input_ids"].shape[0])
+                span = slice(0, length) if self.padding_side == "right" else slice(-length, None)
+                types[row, span] = example["mm_token_type_ids"]
+            batch["mm_token_type_ids"] = types
         return batch

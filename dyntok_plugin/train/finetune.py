@@ -28,8 +28,9 @@ logger = logging.getLogger(__name__)
 
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description="Fine-tune a Hugging Face LLaVA-OneVision checkpoint with DynTok.")
-    parser.add_argument("--model", required=True, help="LLaVA-OneVision checkpoint (folder or hub id)")
+    parser = argparse.ArgumentParser(
+        description="Fine-tune a Hugging Face LLaVA-OneVision, Qwen2.5-VL or Qwen3-VL checkpoint with DynTok.")
+    parser.add_argument("--model", required=True, help="LLaVA-OneVision or Qwen VL checkpoint (folder or hub id)")
     parser.add_argument("--data", required=True, help="JSONL of {video, question, answer[, num_frames]}")
     parser.add_argument("--output-dir", required=True)
     parser.add_argument("--num-frames", type=int, default=8, help="frames per video when a record gives none")
@@ -38,7 +39,8 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser.add_argument("--fixed-threshold", action="store_true", help="train with --threshold, no random draws")
     parser.add_argument("--pad-to-multiple-of", type=int, default=None, metavar="N",
                         help="pad spliced training sequences to a multiple of N (default: 64 with random thresholds)")
-    parser.add_argument("--marker", default="row", choices=MARKERS)
+    parser.add_argument("--marker", default=None, choices=MARKERS,
+                        help="grid marker layout (default: the host's: row for LLaVA-OneVision, none for Qwen VL)")
     parser.add_argument("--similarity", default="vision", choices=SIMILARITIES)
     parser.add_argument("--train", default="projector,marker,llm", help=f"comma list from {TRAINABLE_PARTS}")
     parser.add_argument("--lora-rank", type=int, default=0, help="0 = full fine-tuning of --train parts")

@@ -1,0 +1,126 @@
+"""Wrapping one model instance's `forward` and `generate` (never the class), and undoing it exactly.
+
+Shared by the Hugging Face host patches: each binds its own bodies with `bind`, which keeps the original's name,
+doc and signature (`generate` and `Trainer` inspect them), and restores them with `restore_methods`. Also the
+pieces of a patched `generate` that are the same for every host: the call as one keyword dict, the marking of its
+decode steps, and the caller's prompt put back at the head of the generated sequences.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import inspect
+import types
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from torch import Tensor, nn
+
+from .binding import adopt_assigned
+
+WRAPPED_METHODS = ("forward", "generate")
+
+
+@dataclass
+class Originals:
+    """The methods bound before patching, whether they were instance attributes, and the wrappers installed."""
+
+    methods: dict  # name -> the bound method at patch time (class method or an accelerate hook)
+    owned: dict  # name -> whether it was an instance attribute
+    installed: dict = field(default_factory=dict)  # name -> wrapper
+
+    @classmethod
+    def of(cls, model: nn.Module) -> "Originals":
+        return cls({n: getattr(model, n) for n in WRAPPED_METHODS}, {n: n in model.__dict__ for n in WRAPPED_METHODS})
+
+
+def install(model: nn.Module, state: Any, state_attribute: str, bodies: dict) -> None:
+    """Store `state` (with an `originals: Originals` field and a `compressor`) on the instance and bind each
+    `bodies[name](model, state, call, args, kwargs)` in place of `model.<name>`."""
+    model.__dict__[state_attribute] = state
+    originals = state.originals
+    originals.installed = {
+        name: bind(model, originals.methods[name], body, state_attribute) for name, body in bodies.items()
+    }
+    for name, wrapper in originals.installed.items():
+        setattr(model, name, wrapper)
+
+
+def restore_methods(model: nn.Module, originals: Originals) -> None:
+    """Put back the methods bound at patch time; a `RuntimeError` (changing nothing) when something wrapped them
+    again after patching, since removing DynTok would remove that wrapper too."""
+    rewrapped = [name for name, wrapper in originals.installed.items() if model.__dict__.get(name) is not wrapper]
+    if rewrapped:
+        raise RuntimeError(
+            f"model.{rewrapped[0]} was wrapped again after patch_llava (accelerate's prepare_model and Trainer add "
+            "mixed-precision wrappers, for example); removing DynTok now would remove that wrapper too. Change the "
+            "settings live through model.dyntok instead, or call unpatch_llava before the model is wrapped."
+        )
+    for name in originals.installed:
+        if originals.owned[name]:
+            setattr(model, name, originals.methods[name])
+        else:
+            model.__dict__.pop(name, None)
+
+
+def bind(model: nn.Module, original: Callable, body: Callable, state_attribute: str) -> types.MethodType:
+    """`body` bound to `model` as a method with the original's name, doc and signature. Bound, not a closure, so
+    `copy.deepcopy(model)` gets a copy that runs on its own weights."""
+    signature = inspect.signature(original)
+
+    @functools.wraps(original)
+    def method(self, *args, **kwargs):
+        state = self.__dict__[state_attribute]
+        adopt_assigned(self, state.compressor)
+        return body(self, state, named_arguments(signature, args, kwargs), args, kwargs)
+
+    self_parameter = inspect.Parameter("self", inspect.Parameter.POSITIONAL_ONLY)
+    method.__signature__ = signature.replace(parameters=[self_parameter, *signature.parameters.values()])
+    return types.MethodType(method, model)
+
+
+def named_arguments(signature: inspect.Signature, args: tuple, kwargs: dict) -> dict:
+    """The call as one keyword dict (positional arguments named, `**kwargs` flattened)."""
+    bound = signature.bind_partial(*args, **kwargs)
+    call = {}
+    for name, value in bound.arguments.items():
+        if signature.parameters[name].kind is inspect.Parameter.VAR_KEYWORD:
+            call.update(value)
+        else:
+            call[name] = value
+    return call
+
+
+@contextlib.contextmanager
+def generating(state: Any):
+    """Marks the decode steps of a generate call (they run the patched forward without videos)."""
+    state.generating += 1
+    try:
+        yield
+    finally:
+        state.generating -= 1
+
+
+def take_inputs_argument(call: dict) -> None:
+    """`generate(inputs=...)` named as `input_ids` (a `ValueError` when both are given)."""
+    if call.get("inputs") is not None:
+        if call.get("input_ids") is not None:
+            raise ValueError("generate() got input ids both as `inputs` and as `input_ids`; pass one of them.")
+        call["input_ids"] = call.pop("inputs")
+    call.pop("inputs", None)
+
+
+def restore_prompt(output: Any, user_ids: Tensor, spliced_length: int) -> Any:
+    """Replace the spliced prompt at the head of the generated sequences by the caller's `input_ids`."""
+    import torch
+
+    sequences = output if isinstance(output, Tensor) else output.sequences
+    copies = sequences.shape[0] // user_ids.shape[0]  # num_return_sequences / beams expand each prompt in place
+    prompts = user_ids.to(sequences.device).repeat_interleave(copies, dim=0)
+    restored = torch.cat([prompts, sequences[:, spliced_length:]], dim=1)
+    if isinstance(output, Tensor):
+        return restored
+    output.sequences = restored
+    return output
