@@ -2,6 +2,8 @@
 
     # GPUs: FSDP2 through accelerate (examples/accelerate/fsdp.yaml), one process per GPU
     python benchmarks/multi_gpu_finetune.py run --nproc 2 --out-dir OUT
+    # one GPU: FSDP2 in one process, the reload check at bf16 and float32 training precision (issue 17)
+    python benchmarks/multi_gpu_finetune.py run --nproc 1 --variants dyntok --precision auto fp32 --out-dir OUT
     # CPU check of the same driver: two gloo processes (torchrun, `--cpu`), tiny model
     python benchmarks/multi_gpu_finetune.py run --nproc 2 --cpu --size tiny --out-dir OUT
 
@@ -20,8 +22,11 @@
    --num_processes N`; CPU: `torchrun --nproc_per_node N ... --cpu` (accelerate ignores FSDP on a CPU, so the CPU
    check runs the script's DDP/gloo path).
 3. For `dyntok`, after training and `save_for_inference`: the trained (sharded) model's eval logits on the whole
-   set, its full state dict gathered from the shards, and on rank 0 `load_for_inference(output_dir)` — the reloaded
-   model's weights and logits are compared with them.
+   set, its full state dict gathered from the shards, and on rank 0 `load_for_inference(output_dir)` in float32 and
+   in bf16 — each reload's weights (before any forward or cast) against the gathered state in its dtype, its
+   logits against the trained model's; the float32 reload is also run as accelerate's bf16 FSDP2 runs the trained
+   model (bf16 parameters, float32 buffers, bf16 autocast, bf16 logits). `--precision auto fp32` trains the dyntok
+   variant once per precision.
 
 Measured per rank: each optimizer step's wall time between Trainer's `on_step_begin` and `on_step_end` (CUDA
 synchronised), the language model's input length per step (a forward pre-hook), DynTok's per-video token counts,
@@ -179,11 +184,12 @@ def _param_dtype_note(model) -> str:
 
 
 def check_reload(trainer, dataset, out: Path, cuda: bool) -> dict:
-    """Trained model's eval logits and full weights (all ranks, collective) vs `load_for_inference(out)` (rank 0)."""
+    """Trained model's eval logits and full weights (all ranks, collective) vs `load_for_inference(out)` (rank 0),
+    reloaded in float32 and in bf16."""
     import torch
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
-    from dyntok_plugin.train import VideoQACollator, host_parts, load_for_inference
+    from dyntok_plugin.train import VideoQACollator, host_parts
 
     result: dict[str, Any] = {}
     device = torch.device("cuda", torch.cuda.current_device()) if cuda else torch.device("cpu")
@@ -207,51 +213,85 @@ def check_reload(trainer, dataset, out: Path, cuda: bool) -> dict:
     trainer.accelerator.wait_for_everyone()
     if not trainer.is_world_process_zero():
         return result
-    begin = time.perf_counter()
-    reloaded = load_for_inference(out).to(device)
-    result["reload_s"] = time.perf_counter() - begin
-    result["reloaded_dyntok"] = {k: v for k, v in reloaded.config.dyntok.items()}
-    with torch.no_grad():
-        again = reloaded(**batch).logits.float().cpu()
-    result["logits_shape"] = list(again.shape)
-    result["max_abs_logit_diff"] = float((again - trained).abs().max()) if again.shape == trained.shape else None
-    result["logits_identical"] = bool(again.shape == trained.shape and torch.equal(again, trained))
     policy = getattr(getattr(trainer.accelerator.state, "fsdp_plugin", None), "mixed_precision_policy", None)
     result["fsdp_mixed_precision_policy"] = str(policy) if policy is not None else None
-    if getattr(policy, "param_dtype", None) == torch.bfloat16 and again.shape == trained.shape:
-        # FSDP computes with bf16 parameters: compare with the reloaded model in bf16 as well
+    result["saved_tensor_dtypes"] = _saved_dtypes(out)
+    if state is not None:
+        result["gathered_state_dtypes"] = sorted({str(v.dtype) for v in state.values()})
+    result.update(compare_reload(out, state, trained, batch, device))
+    return result
+
+
+def compare_reload(out: Path, state: Optional[dict], trained, batch: dict, device) -> dict:
+    """Reload `out` in float32 and in bf16 (`load_for_inference(dtype=...)`): the weights against the gathered float32
+    state (cast to the reload dtype; compared before any forward or cast, so the comparison sees what was loaded),
+    and the logits against the trained model's. In float32 the trained model's forward is emulated as accelerate's
+    bf16 FSDP2 runs it as well: parameters in bf16, buffers in float32, bf16 autocast, logits rounded to bf16."""
+    import torch
+
+    from dyntok_plugin.train import load_for_inference
+
+    result: dict[str, Any] = {}
+    if state is not None:  # what the first two-GPU run reported as its weight difference (its reload was cast
+        # to bf16 in place for the bf16 logits, then back to float32, before its weights were compared)
+        floats = [v for v in state.values() if v.is_floating_point()]
+        rounding = [float((v - v.to(torch.bfloat16).float()).abs().max()) for v in floats]
+        result["max_bf16_rounding_of_gathered"] = max(rounding, default=None)
+    for dtype, tag in ((torch.float32, "float32"), (torch.bfloat16, "bf16")):
+        begin = time.perf_counter()
+        reloaded = load_for_inference(out, dtype=dtype).to(device)
+        entry: dict[str, Any] = {"reload_s": time.perf_counter() - begin}
+        if tag == "float32":
+            result["reloaded_dyntok"] = dict(reloaded.config.dyntok)
+        if state is not None:
+            entry.update(compare_weights(reloaded, state, dtype))
         with torch.no_grad():
-            bf16 = reloaded.to(torch.bfloat16)(**batch).logits.float().cpu()
-        result["max_abs_logit_diff_reloaded_bf16"] = float((bf16 - trained).abs().max())
-        result["logits_identical_reloaded_bf16"] = bool(torch.equal(bf16, trained))
-        reloaded.float()
+            again = reloaded(**batch).logits.float().cpu()
+        entry.update(_logit_diff(again, trained))
+        if tag == "float32":
+            with torch.no_grad():
+                for param in reloaded.parameters():
+                    param.data = param.data.to(torch.bfloat16)
+                with torch.autocast(device.type, dtype=torch.bfloat16):
+                    emulated = reloaded(**batch).logits.to(torch.bfloat16).float().cpu()
+            result["fsdp_bf16_emulated"] = _logit_diff(emulated, trained)
+        result[tag] = entry
+        del reloaded
+    return result
+
+
+def compare_weights(model, state: dict, dtype) -> dict:
+    """Max |reloaded - gathered.to(dtype)| per tensor, over the gathered state's names."""
+    mine = model.state_dict()
+    diffs = {name: float((mine[name].detach().cpu().float() - value.to(dtype).float()).abs().max())
+             for name, value in state.items() if name in mine}
+    missing = [name for name in state if name not in mine]
+    return {"weights_compared": len(diffs), "weights_missing_in_reload": missing[:10],
+            "max_abs_weight_diff": max(diffs.values()) if diffs else None,
+            "weights_differing": sum(1 for v in diffs.values() if v > 0),
+            "largest_weight_diffs": dict(sorted(diffs.items(), key=lambda kv: -kv[1])[:5])}
+
+
+def _logit_diff(again, trained) -> dict:
+    same_shape = again.shape == trained.shape
+    return {"logits_shape": list(again.shape), "logits_identical": bool(same_shape and (again == trained).all()),
+            "max_abs_logit_diff": float((again - trained).abs().max()) if same_shape else None}
+
+
+def _saved_dtypes(out: Path):
+    """Tensor count per dtype in the saved safetensors files."""
     try:
         from safetensors import safe_open
 
-        saved_dtypes: dict = {}
+        saved: dict = {}
         for shard in sorted(out.glob("*.safetensors")):
             with safe_open(str(shard), framework="pt") as handle:
                 for key in handle.keys():
                     dtype = handle.get_slice(key).get_dtype()
-                    saved_dtypes[dtype] = saved_dtypes.get(dtype, 0) + 1
-        result["saved_tensor_dtypes"] = saved_dtypes
+                    saved[dtype] = saved.get(dtype, 0) + 1
+        return saved
     except Exception as err:  # noqa: BLE001 - reported, not fatal
-        result["saved_tensor_dtypes"] = f"{type(err).__name__}: {err}"[:200]
-    if state is not None:
-        mine = reloaded.state_dict()
-        diffs, missing = {}, []
-        for name, value in state.items():
-            if name not in mine:
-                missing.append(name)
-                continue
-            diffs[name] = float((mine[name].detach().float().cpu() - value.float()).abs().max())
-        result["gathered_state_dtypes"] = sorted({str(v.dtype) for v in state.values()})
-        result["weights_compared"] = len(diffs)
-        result["weights_missing_in_reload"] = missing[:10]
-        result["max_abs_weight_diff"] = max(diffs.values()) if diffs else None
-        result["weights_differing"] = sum(1 for v in diffs.values() if v > 0)
-        result["largest_weight_diffs"] = dict(sorted(diffs.items(), key=lambda kv: -kv[1])[:10])
-    return result
+        return f"{type(err).__name__}: {err}"[:200]
 
 
 # --------------------------------------------------------------------------------------------------- run
@@ -264,15 +304,16 @@ def free_port() -> int:
 
 
 def launch(args, variant: str, prep: dict, work: Path, timeout: float, config: Optional[Path] = None,
-           tag: str = "") -> dict:
-    """One launch of the worker for `variant`; returns rank metrics (or the failure)."""
+           tag: str = "", precision: Optional[str] = None) -> dict:
+    """One launch of the worker for `variant` (at `precision`, default the first of --precision); returns rank
+    metrics (or the failure)."""
     metrics_dir = work / f"metrics-{variant}{tag}"
     metrics_dir.mkdir(parents=True, exist_ok=True)
     finetune = [
         "--model", prep["checkpoint"], "--data", prep["data"], "--output-dir", str(work / f"run-{variant}{tag}"),
         "--train", args.train, "--threshold", "0.7", "--train-threshold-range", "0.6", "0.9",
         "--lr", str(args.lr), "--max-steps", str(args.steps), "--batch-size", "1", "--cache-frames",
-        "--seed", "0", "--precision", args.precision,
+        "--seed", "0", "--precision", precision or args.precision[0],
     ]
     if args.cpu:
         finetune.append("--cpu")
@@ -361,7 +402,7 @@ def summarise(result: dict, skip: int) -> dict:
         row["loss_falls"] = statistics.mean(losses[-k:]) < statistics.mean(losses[:k])
     for key in ("fsdp", "wrapped_as", "mixed_precision", "world_size", "train_and_save_s"):
         row[key] = ranks[0].get(key)
-    reload = next((r.get("reload") for r in ranks if r.get("reload") and "reload_s" in r["reload"]), None)
+    reload = next((r.get("reload") for r in ranks if r.get("reload") and "float32" in r["reload"]), None)
     if reload is not None:
         row["reload"] = reload
     return row
@@ -385,12 +426,33 @@ def print_summary(rows: list) -> None:
         print("  ".join(v.rjust(w) for v, w in zip(t, widths)))
 
 
+def print_reload(variant: str, reload: dict) -> None:
+    """One line per reload dtype: weights against the gathered state, logits against the trained model's."""
+    print(f"{variant}: saved {reload.get('saved_tensor_dtypes')}, gathered {reload.get('gathered_state_dtypes')}, "
+          f"FSDP policy {reload.get('fsdp_mixed_precision_policy')}")
+    for tag in ("float32", "bf16"):
+        rl = reload.get(tag) or {}
+        print(f"  reload {tag}: max |Δweight| {rl.get('max_abs_weight_diff')} over {rl.get('weights_compared')} "
+              f"tensors ({rl.get('weights_differing')} differ); max |Δlogit| {rl.get('max_abs_logit_diff')}, "
+              f"identical {rl.get('logits_identical')}")
+    print(f"  max |w - bf16(w)| over the gathered weights: {reload.get('max_bf16_rounding_of_gathered')}")
+    emulated = reload.get("fsdp_bf16_emulated") or {}
+    print(f"  float32 reload run as bf16 FSDP2 runs it: max |Δlogit| {emulated.get('max_abs_logit_diff')}, "
+          f"identical {emulated.get('logits_identical')}")
+
+
 def _fmt(value) -> str:
     if value is None:
         return "-"
     if isinstance(value, float):
         return f"{value:.4g}"
     return str(value)
+
+
+def launches(variants: list, precisions: list) -> list:
+    """(variant, precision) pairs: every variant at the first precision, then dyntok at the others."""
+    pairs = [(variant, precisions[0]) for variant in variants]
+    return pairs + [("dyntok", p) for p in precisions[1:] if "dyntok" in variants]
 
 
 def run(args: argparse.Namespace) -> None:
@@ -411,12 +473,13 @@ def run(args: argparse.Namespace) -> None:
         torch.cuda.empty_cache()
     print(f"prepared: {prep['parameters'] / 1e6:.1f}M parameters in {prep['prepare_s']:.1f} s", flush=True)
     results = []
-    for variant in args.variants:
+    for variant, precision in launches(args.variants, args.precision):
         left = args.deadline - (time.perf_counter() - start)
+        tag = "" if precision == args.precision[0] else f"-{precision}"
         if left < 30:
-            results.append({"variant": variant, "rc": "skipped (deadline)", "ranks": [], "launch_wall_s": 0})
+            results.append({"variant": variant + tag, "rc": "skipped (deadline)", "ranks": [], "launch_wall_s": 0})
             continue
-        results.append(launch(args, variant, prep, work, timeout=left - 10))
+        results.append(launch(args, variant, prep, work, timeout=left - 10, tag=tag, precision=precision))
         left = args.deadline - (time.perf_counter() - start)
         if (results[-1]["rc"] != 0 and args.fallback_config and args.launcher == "accelerate" and variant == "dyntok"
                 and left > 90):
@@ -433,10 +496,7 @@ def run(args: argparse.Namespace) -> None:
     print_summary(rows)
     for row in rows:
         if "reload" in row:
-            rl = row["reload"]
-            print(f"{row['variant']}: reload max |Δlogit| {rl.get('max_abs_logit_diff')}, identical "
-                  f"{rl.get('logits_identical')}, max |Δweight| {rl.get('max_abs_weight_diff')} over "
-                  f"{rl.get('weights_compared')} tensors")
+            print_reload(row["variant"], row["reload"])
     import transformers
 
     payload = {
@@ -488,7 +548,8 @@ def main(argv: Optional[list] = None) -> None:
     r.add_argument("--skip-steps", type=int, default=4, help="steps left out of the medians")
     r.add_argument("--lr", type=float, default=1e-4)
     r.add_argument("--train", default="projector,marker,llm")
-    r.add_argument("--precision", choices=("auto", "bf16", "fp32"), default="auto")
+    r.add_argument("--precision", nargs="+", choices=("auto", "bf16", "fp32"), default=["auto"],
+                   help="the script's --precision; several: the dyntok variant runs once per precision")
     r.add_argument("--variants", nargs="+", default=["dyntok", "stock"], choices=("dyntok", "stock"))
     r.add_argument("--deadline", type=float, default=290.0, help="seconds for the whole run; later launches skip")
     r.add_argument("--out-dir", required=True, help="logs and the JSON")

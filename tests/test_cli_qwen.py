@@ -42,7 +42,7 @@ def test_resized_size_keeps_the_aspect_within_the_bounds():
         resized_size(0, 10, 8)
 
 
-@pytest.mark.parametrize("kind", synthetic_qwen.KINDS[:2])
+@pytest.mark.parametrize("kind", synthetic_qwen.KINDS)
 def test_features_are_the_models_own_merged_tokens_and_window_means(kind):
     """The merged tokens equal the stock `get_video_features`; each similarity row is the mean of the four tower
     rows the merger turned into that token (matched through the merger itself, whatever order the tower uses)."""
