@@ -25,6 +25,7 @@
 # The torch 2.14.1 installs (a 5.5 GB CUDA build each) start in the background at once, one after the other,
 # while the main environment installs and tests.
 # Measured on 2 shared CPU cores: first run 32 min (installs 7, main tests 9, tv tests 12); a re-run skips installs.
+# `vllm` alone, from scratch, on the same cores under load: 20 min (torch pair 5, vLLM's requirements 6, tests 7).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 HF_DATASETS_OFFLINE=1 PYTHONUNBUFFERED=1
