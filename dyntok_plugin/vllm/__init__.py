@@ -1,9 +1,10 @@
 """DynTok inside vLLM: a general plugin that serves LLaVA-OneVision with budget-mode DynTok.
 
-vLLM loads `register` in every process through the `vllm.general_plugins` entry point `dyntok` (installed by the
-`vllm` extra). It registers DynTok's subclass of vLLM's own model class under the existing architecture name. The subclass is
-imported there, inside vLLM (importing `dyntok_plugin` never imports vLLM), and registered as a class: a class
-given by import path would be inspected in a fresh subprocess at every engine start (an extra import of vLLM).
+vLLM loads `register` in every process through the `vllm.general_plugins` entry point `dyntok` (installed with
+the package; the `vllm` extra brings vLLM itself). It registers DynTok's subclass of vLLM's own model class under
+the existing architecture name. The subclass is imported there, inside vLLM (importing `dyntok_plugin` never
+imports vLLM), and registered as a class: a class given by import path would be inspected in a fresh subprocess at
+every engine start (an extra import of vLLM).
 The subclass reads the settings from the model's config (`dyntok`, saved by a patched model or given with
 `hf_overrides` / `--hf-overrides`); without them it is vLLM's model, unchanged.
 
