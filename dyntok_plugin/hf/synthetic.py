@@ -3,7 +3,9 @@
 A word-level tokenizer over 128 ids with LLaVA-OneVision's special tokens and a ChatML template, a config at the
 tiny test size (32 px frames, 4 px patches: an 8x8 grid pooled to 4x4) or at llava-onevision-qwen2-0.5b-ov's sizes
 (`LLAVA_OV_05B`), the matching processor, and a small video-QA set written in the tokenizer's vocabulary.
-Nothing here downloads anything.
+`save_published_layout` writes a checkpoint the way the published llava-hf checkpoints are laid out (vision weights
+under `vision_tower.vision_model.*`), which is what vLLM's loader reads; `VLLM_TEXT` sizes the tiny LLM with a head
+size vLLM's CPU attention supports. Nothing here downloads anything.
 """
 
 from __future__ import annotations
@@ -41,6 +43,9 @@ TINY_TEXT = {
     "pad_token_id": PAD_ID,
     "eos_token_id": EOS_ID,
 }
+
+# The tiny LLM with 32-wide attention heads (vLLM's CPU attention supports 32, 64, ..., not the 8 of TINY_TEXT).
+VLLM_TEXT = {"hidden_size": 64, "intermediate_size": 64, "num_attention_heads": 2, "num_key_value_heads": 1}
 
 # llava-onevision-qwen2-0.5b-ov (HF conversion): SigLIP-so400m/14-384, last layer dropped, "full"; Qwen2-0.5B.
 LLAVA_OV_05B = dict(
@@ -177,3 +182,29 @@ def write_qa_dataset(
     path = folder / "train.jsonl"
     path.write_text("\n".join(lines) + "\n")
     return path
+
+
+def save_published_layout(folder: Union[str, Path], model: Any, processor: bool = True) -> Path:
+    """`model` (a `LlavaOnevisionForConditionalGeneration`) saved with its vision weights under
+    `vision_tower.vision_model.*`, as in the published llava-hf checkpoints (transformers 5.x saves
+    `vision_tower.embeddings.*`, which vLLM's loader rejects), with the tokenizer and, with `processor=True`, the
+    processor. Settings in `model.config.dyntok` are saved with the config."""
+    from safetensors.torch import save_file
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    tower, published = "model.vision_tower.", "model.vision_tower.vision_model."
+    tensors = {}
+    for name, tensor in model.state_dict().items():
+        if name.startswith(tower) and not name.startswith(published):
+            name = published + name[len(tower):]
+        tensors[name] = tensor.detach().contiguous().clone()  # tied weights share storage; safetensors refuses that
+    save_file(tensors, str(folder / "model.safetensors"), metadata={"format": "pt"})
+    config = model.config
+    config.architectures = [type(model).__name__]
+    config.save_pretrained(folder)
+    build_tokenizer().save_pretrained(folder)
+    if processor:
+        vision = config.vision_config
+        build_processor(vision.image_size, vision.patch_size).save_pretrained(folder)
+    return folder
