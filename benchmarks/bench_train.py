@@ -317,13 +317,13 @@ def steps_of(args, settings: Optional[dict]) -> int:
     return args.spread if args.spread and settings and settings.get("train_threshold_range") else args.steps
 
 
-def spread_stats(times: list, lengths: list) -> dict:
+def spread_stats(times: list, lengths: list, warmup: int) -> dict:
     """Percentiles of the step time over the draws, and the expected time of the slowest of k ranks that each draw
     their own thresholds (the step every rank waits for), from the empirical distribution: with the times sorted,
     E[max of k] = sum_i t_(i) ((i/n)^k - ((i-1)/n)^k)."""
     ordered, n = sorted(times), len(times)
     quantile = lambda q: ordered[min(n - 1, int(q * n))]  # noqa: E731
-    tokens = sorted(sum(step) for step in lengths[-n:])
+    tokens = sorted(sum(step) for step in lengths[warmup:warmup + n])
     out = {"step_p10": quantile(0.1), "step_p50": quantile(0.5), "step_p90": quantile(0.9), "step_max": ordered[-1],
            "video_tokens_p50": tokens[len(tokens) // 2], "video_tokens_max": tokens[-1]}
     for k in RANKS:
@@ -368,7 +368,7 @@ def bench_frames(args, device, frames: int) -> list:
             continue
         steps = steps_of(args, VARIANTS[name])
         if steps != args.steps:
-            row.update(spread_stats(row["step_times"], row["lengths"]))
+            row.update(spread_stats(row["step_times"], row["lengths"], args.warmup))
         needed = args.warmup + steps + (args.profile_steps if args.profile else 0)
         ideal = measure(args, device, videos, f"ideal of {name}", None, row["lengths"][:needed], steps)
         row["ideal_s_per_step"] = ideal.get("s_per_step")

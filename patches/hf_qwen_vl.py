@@ -109,6 +109,8 @@ def patch(model: nn.Module, config: DynTokConfig) -> None:
         marker = nn.Parameter(torch.randn(host.hidden_size) / math.sqrt(host.hidden_size))
         marker.data = marker.data.to(device=weight.device, dtype=weight.dtype)
         _MARKERS[model] = marker
+    else:  # the model may have moved or changed dtype since it was last patched
+        marker.data = marker.data.to(device=weight.device, dtype=weight.dtype)
     compressor = DynTokCompressor(hidden_size=host.hidden_size, config=config, marker=marker)
     if config.marker != "none":
         model.register_parameter(MARKER_ATTRIBUTE, marker)
@@ -124,6 +126,7 @@ def unpatch(model: nn.Module) -> None:
     restore_methods(model, state.originals)
     del model.__dict__[STATE_ATTRIBUTE]
     model._parameters.pop(MARKER_ATTRIBUTE, None)
+    state.host.owner.rope_deltas = None  # DynTok's deltas belong to a shortened sequence the stock model never saw
 
 
 def plugin_marker(model: nn.Module) -> nn.Parameter | None:
@@ -188,6 +191,12 @@ def _generate(model: nn.Module, state: _State, call: dict, args: tuple, kwargs: 
 def _shorten(model: nn.Module, state: _State, call: dict, side: str, text_row: bool) -> None:
     """DynTok's video tokens, and `call` rewritten in place for the shortened sequence."""
     host, compressor = state.host, state.compressor
+    if compressor.config.marker != "none" and plugin_marker(model) is None:
+        raise ValueError(
+            f"model.dyntok.marker was set to {compressor.config.marker!r} after patching with marker='none'; the "
+            "learnable marker of the other layouts is registered (to train and be saved) at patch time: call "
+            f"unpatch_llava(model), then patch_llava(model, marker={compressor.config.marker!r}, ...)."
+        )
     input_ids = call.get("input_ids")
     _check_call(call, input_ids)
     attention_mask, labels = call.get("attention_mask"), call.get("labels")

@@ -77,7 +77,7 @@ def compress_videos(owner: nn.Module, compressor: DynTokCompressor, pixels: Tens
     """Stock `get_video_features` (with the window-mean hook for `similarity="vision"`), then DynTok per shape."""
     visual = owner.visual
     merge_unit = visual.spatial_merge_size**2
-    vision = compressor.config.similarity == "vision"
+    vision = compressor.config.similarity == "vision" and compressor.similarity_needed()
     with window_means_appended(visual.merger, merge_unit, vision):
         output = owner.get_video_features(pixels, grid_thw, return_dict=True)
     merged = torch.cat(output.pooler_output) if len(output.pooler_output) > 1 else output.pooler_output[0]

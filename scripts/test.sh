@@ -40,7 +40,7 @@
 # the install logs' ends are printed when a step fails. The last line sums up every environment: pass/FAIL, test
 # counts, seconds.
 #
-# Adding an environment (e.g. vllm): one `environment` line in ENVIRONMENTS (name, venv, what to install, which
+# Adding an environment: one `environment` line in ENVIRONMENTS (name, venv, what to install, which
 # tests), its constraints/<name>.txt (run once with --latest --freeze), and a row in the README's Testing table.
 #
 # Measured from a clean clone on 2 CPU cores (`bash .ci/run`): with the four environments 12 min 40 s, 21

@@ -7,6 +7,8 @@ import re
 import sys
 from pathlib import Path
 
+import pytest
+
 REPO = Path(__file__).resolve().parents[1]
 SOURCES = sorted(p for folder in ("dyntok_plugin", "patches") if (REPO / folder).is_dir()
                  for p in (REPO / folder).rglob("*.py"))
@@ -94,3 +96,13 @@ def test_the_license_file_is_the_one_the_metadata_names():
     assert setup_args()["license"] == "Apache-2.0"
     text = (REPO / "LICENSE").read_text()
     assert "Apache License" in text and "Version 2.0, January 2004" in text and "END OF TERMS AND CONDITIONS" in text
+
+
+def test_training_helpers_refuse_a_checkpoint_of_another_model_type(tmp_path):
+    from transformers import LlamaConfig
+
+    from dyntok_plugin.hf.checkpoints import host_model_class
+
+    LlamaConfig(hidden_size=8, intermediate_size=16, num_hidden_layers=1, num_attention_heads=2).save_pretrained(tmp_path)
+    with pytest.raises(ValueError, match="is a 'llama' checkpoint; DynTok's training helpers take LLaVA-OneVision"):
+        host_model_class(tmp_path)

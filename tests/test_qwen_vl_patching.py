@@ -128,3 +128,33 @@ def test_transformers_below_the_floor_is_refused(monkeypatch):
     with pytest.raises(RuntimeError, match=r"transformers >= 5\.18"):
         patch_llava(model)
     assert "forward" not in model.__dict__
+
+
+def test_a_marker_layout_switched_on_after_patching_with_none_is_refused():
+    model = qt.build(qt.FAST_KINDS[0])
+    patch_llava(model, threshold=0.5)  # the host's default marker "none": no learnable marker is registered
+    model.dyntok.marker = "row"
+    with pytest.raises(ValueError, match=r"after patching with marker='none'.*unpatch_llava\(model\), then "):
+        model(**qt.inputs(model, qt.samples()))
+    unpatch_llava(model)
+    patch_llava(model, threshold=0.5, marker="row")
+    model(**qt.inputs(model, qt.samples()))
+    assert plugin_marker(model).requires_grad
+
+
+def test_a_marker_kept_for_re_patching_follows_the_model_to_its_dtype():
+    model = qt.build(qt.FAST_KINDS[0])
+    patch_llava(model, threshold=0.5, marker="row")
+    unpatch_llava(model)
+    model.to(torch.float64)
+    patch_llava(model, threshold=0.5, marker="row")
+    assert plugin_marker(model).dtype == torch.float64
+
+
+def test_unpatch_forgets_dyntoks_rope_deltas():
+    model = qt.build(qt.FAST_KINDS[0])
+    patch_llava(model, target_ratio=0.5, threshold=None)
+    model(**qt.inputs(model, qt.samples()))
+    assert model.model.rope_deltas is not None
+    unpatch_llava(model)
+    assert model.model.rope_deltas is None

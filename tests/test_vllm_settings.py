@@ -66,3 +66,17 @@ def test_budget_settings_are_read_with_no_threshold(settings):
 def test_settings_that_cannot_be_served_name_the_fix(settings, message):
     with pytest.raises(ValueError, match=message):
         serving_config(config_with(settings))
+
+
+def test_an_unsupported_vllm_gets_a_warning_and_its_own_models(monkeypatch, caplog):
+    vllm = pytest.importorskip("vllm")
+    from vllm import ModelRegistry
+
+    import dyntok_plugin.vllm as plugin
+
+    registered = []
+    monkeypatch.setattr(ModelRegistry, "register_model", lambda *a: registered.append(a))
+    monkeypatch.setattr(vllm, "__version__", "0.40.1")
+    with caplog.at_level("WARNING"):
+        plugin.register()
+    assert registered == [] and "supports vLLM >=0.32,<0.33" in caplog.text and "0.40.1" in caplog.text

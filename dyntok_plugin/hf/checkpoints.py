@@ -56,11 +56,19 @@ QWEN_VL_CLASSES = {
 
 def host_model_class(id_or_path: Any) -> Any:
     """The transformers class DynTok patches for a checkpoint (folder or hub id): the Qwen VL class of its
-    `model_type`, else `LlavaOnevisionForConditionalGeneration`."""
+    `model_type`, or `LlavaOnevisionForConditionalGeneration`; any other model type is an error (it would load
+    with freshly initialised weights)."""
     import transformers
 
     model_type = getattr(transformers.AutoConfig.from_pretrained(str(id_or_path)), "model_type", None)
-    return getattr(transformers, QWEN_VL_CLASSES.get(model_type, "LlavaOnevisionForConditionalGeneration"))
+    if model_type in QWEN_VL_CLASSES:
+        return getattr(transformers, QWEN_VL_CLASSES[model_type])
+    if model_type != "llava_onevision":
+        raise ValueError(
+            f"{id_or_path} is a {model_type!r} checkpoint; DynTok's training helpers take LLaVA-OneVision "
+            f"('llava_onevision') and Qwen VL ({', '.join(QWEN_VL_CLASSES)}) checkpoints."
+        )
+    return transformers.LlavaOnevisionForConditionalGeneration
 
 
 def checkpointing_arguments() -> dict:

@@ -24,15 +24,39 @@ MODELS = {
 }
 
 
-def register() -> None:
-    """The `vllm.general_plugins` entry point: put DynTok's model classes in vLLM's registry."""
-    import importlib
+SUPPORTED_VLLM = ((0, 32), (0, 33))  # [lowest, first unsupported): what the `vllm` extra installs
 
+
+def register() -> None:
+    """The `vllm.general_plugins` entry point: put DynTok's model classes in vLLM's registry.
+
+    vLLM calls it in every process wherever dyntok-plugin is installed, and does not catch its errors, so a vLLM
+    outside the supported range (whose model classes may differ) gets one warning and vLLM's own models, never a
+    failing engine."""
+    import importlib
+    import logging
+
+    import vllm
+
+    logger = logging.getLogger(__name__)
+    version = tuple(int(part) for part in vllm.__version__.split(".")[:2] if part.isdigit())
+    low, high = SUPPORTED_VLLM
+    if not low <= version < high:
+        logger.warning("dyntok_plugin supports vLLM >=%s,<%s (pip install 'dyntok-plugin[vllm]'); found %s: "
+                       "DynTok is not registered.", ".".join(map(str, low)), ".".join(map(str, high)),
+                       vllm.__version__)
+        return
     from vllm import ModelRegistry
 
     for architecture, target in MODELS.items():
         module, name = target.split(":")
-        ModelRegistry.register_model(architecture, getattr(importlib.import_module(module), name))
+        try:
+            model_class = getattr(importlib.import_module(module), name)
+        except (ImportError, AttributeError) as error:
+            logger.warning("dyntok_plugin could not load its vLLM model %s (%s); DynTok is not registered.",
+                           target, error)
+            return
+        ModelRegistry.register_model(architecture, model_class)
 
 
 __all__ = ["MODELS", "SETTINGS_KEY", "register", "serving_config"]
