@@ -104,5 +104,5 @@ def test_training_helpers_refuse_a_checkpoint_of_another_model_type(tmp_path):
     from dyntok_plugin.hf.checkpoints import host_model_class
 
     LlamaConfig(hidden_size=8, intermediate_size=16, num_hidden_layers=1, num_attention_heads=2).save_pretrained(tmp_path)
-    with pytest.raises(ValueError, match="is a 'llama' checkpoint; DynTok's training helpers take LLaVA-OneVision"):
+    with pytest.raises(ValueError, match="model_type 'llama' is not a host DynTok knows; known: .'llava_onevision'"):
         host_model_class(tmp_path)

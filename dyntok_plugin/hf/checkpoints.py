@@ -47,28 +47,12 @@ def dtype_argument(dtype: Any) -> dict:
     return {"dtype" if transformers_version() >= (4, 56) else "torch_dtype": dtype}
 
 
-QWEN_VL_CLASSES = {
-    "qwen2_5_vl": "Qwen2_5_VLForConditionalGeneration",
-    "qwen3_vl": "Qwen3VLForConditionalGeneration",
-    "qwen3_vl_moe": "Qwen3VLMoeForConditionalGeneration",
-}
-
-
 def host_model_class(id_or_path: Any) -> Any:
-    """The transformers class DynTok patches for a checkpoint (folder or hub id): the Qwen VL class of its
-    `model_type`, or `LlavaOnevisionForConditionalGeneration`; any other model type is an error (it would load
-    with freshly initialised weights)."""
+    """The transformers class DynTok patches for a checkpoint (folder or hub id), by its `model_type`
+    (`video_model_class`): any other model type is an error, since it would load with freshly initialised weights."""
     import transformers
 
-    model_type = getattr(transformers.AutoConfig.from_pretrained(str(id_or_path)), "model_type", None)
-    if model_type in QWEN_VL_CLASSES:
-        return getattr(transformers, QWEN_VL_CLASSES[model_type])
-    if model_type != "llava_onevision":
-        raise ValueError(
-            f"{id_or_path} is a {model_type!r} checkpoint; DynTok's training helpers take LLaVA-OneVision "
-            f"('llava_onevision') and Qwen VL ({', '.join(QWEN_VL_CLASSES)}) checkpoints."
-        )
-    return transformers.LlavaOnevisionForConditionalGeneration
+    return video_model_class(getattr(transformers.AutoConfig.from_pretrained(str(id_or_path)), "model_type", None))
 
 
 def checkpointing_arguments() -> dict:

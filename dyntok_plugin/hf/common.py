@@ -75,6 +75,8 @@ def per_channel_concurrently(fn: Callable[[Tensor], Tensor], features: Tensor, p
     For the host's channels-first bilinear pooling, whose CUDA kernel runs one thread per output position and loops
     over every frame and channel: one call keeps one multiprocessor busy (23 ms for 64 frames of 729 x 896 float32
     features on an H200). Autograd follows the streams. On other devices, or with few channels, one plain call.
+    Memory: the slices' copies and outputs come from the side streams' own allocator pools, so the reserved (not
+    the allocated) memory grows by about one copy of the features.
     """
     if features.device.type != "cuda" or features.shape[-1] < 2 * parts:
         return fn(features)
