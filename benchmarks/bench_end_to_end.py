@@ -527,6 +527,18 @@ def release(device: torch.device) -> None:
         torch.cuda.empty_cache()
 
 
+def row_or_oom(frames: int, measure: Callable[[], dict], device: torch.device) -> dict:
+    """`measure()`'s table row for one frame count, or a row recording the out-of-memory error; memory released."""
+    try:
+        row = measure()
+    except (torch.OutOfMemoryError, RuntimeError) as error:
+        if not is_oom(error):
+            raise
+        row = {"frames": frames, "error": f"OOM: {str(error).splitlines()[0][:160]}"}
+    release(device)
+    return row
+
+
 def bench_frames(model: nn.Module, case: Case, args, timing: Timing) -> dict:
     """One table row: stock, DynTok and ideal for one frame count."""
     new = args.decode_tokens
@@ -740,14 +752,8 @@ def main() -> None:
     rows = []
     for frames in args.frames:
         case = make_case(config, frames, dtype, device, text_range(args))
-        try:
-            row = bench_frames(model, case, args, timing)
-        except (torch.OutOfMemoryError, RuntimeError) as error:
-            if not is_oom(error):
-                raise
-            row = {"frames": frames, "error": f"OOM: {str(error).splitlines()[0][:160]}"}
+        row = row_or_oom(frames, lambda: bench_frames(model, case, args, timing), device)
         del case
-        release(device)
         rows.append(row)
         print(f"F={frames}: {row}", flush=True)
         write_results(path, "end_to_end", rows)

@@ -48,7 +48,7 @@ from typing import Optional
 import torch
 from torch import Tensor, nn
 
-from bench_end_to_end import GB, Timing, is_oom, release
+from bench_end_to_end import GB, Timing, release, row_or_oom
 from common import RESULTS_DIR, device_kind, device_name, print_table, write_results
 from dyntok_plugin import patch_llava, unpatch_llava
 from dyntok_plugin.core.errors import UnsupportedModelError
@@ -292,14 +292,8 @@ def run_host(host: str, args, device: torch.device, dtype: torch.dtype, path: Pa
     rows = []
     for frames in args.frames:
         case = make_case(host, config, frames, size, dtype, device, args.smoke)
-        try:
-            row = bench_frames(model, case, args, timing, with_dyntok)
-        except (torch.OutOfMemoryError, RuntimeError) as error:
-            if not is_oom(error):
-                raise
-            row = {"frames": frames, "error": f"OOM: {str(error).splitlines()[0][:160]}"}
+        row = row_or_oom(frames, lambda: bench_frames(model, case, args, timing, with_dyntok), device)
         del case
-        release(device)
         rows.append(row)
         print(f"{host} F={frames}: {row}", flush=True)
         write_results(path, host, rows)

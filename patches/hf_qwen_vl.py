@@ -106,11 +106,8 @@ def patch(model: nn.Module, config: DynTokConfig) -> None:
     weight = model.get_input_embeddings().weight
     marker = _MARKERS.get(model)
     if marker is None:  # drawn like the core's own marker; kept for later re-patching of this model
-        marker = nn.Parameter(torch.randn(host.hidden_size) / math.sqrt(host.hidden_size))
-        marker.data = marker.data.to(device=weight.device, dtype=weight.dtype)
-        _MARKERS[model] = marker
-    else:  # the model may have moved or changed dtype since it was last patched
-        marker.data = marker.data.to(device=weight.device, dtype=weight.dtype)
+        marker = _MARKERS[model] = nn.Parameter(torch.randn(host.hidden_size) / math.sqrt(host.hidden_size))
+    marker.data = marker.data.to(device=weight.device, dtype=weight.dtype)  # the model may have moved since
     compressor = DynTokCompressor(hidden_size=host.hidden_size, config=config, marker=marker)
     if config.marker != "none":
         model.register_parameter(MARKER_ATTRIBUTE, marker)
