@@ -3,6 +3,7 @@
     python benchmarks/bench_qwen.py                     # GPU: both hosts at real sizes, random bf16 weights, F = 32..256
     python benchmarks/bench_qwen.py --host qwen3_vl     # one host (qwen2_5_vl or qwen3_vl)
     python benchmarks/bench_qwen.py --smoke             # CPU: tiny random models, F = 4 and 8, a few seconds
+    python benchmarks/bench_qwen.py --profile 64        # + where one DynTok and one ideal TTFT spend their time
 
 Needs transformers >= 5.18 (`mm_encoder_outputs`, used by the ideal variant and by the DynTok patch). On a machine
 without an install, put a copy of `dyntok_plugin/` with `patches/` as `dyntok_plugin/patches/` on `PYTHONPATH`.
@@ -23,11 +24,20 @@ For each frame count F (medians of CUDA-event timings after warm-up; wall clock 
   on all F frames, its first N merged tokens (and DeepStack rows) kept, the other placeholders dropped from the ids,
   the stock M-RoPE positions of the kept tokens, `generate(mm_encoder_outputs=..., position_ids=..., max_new_tokens=1)`
   (N = DynTok's video tokens).
+- The variants take turns within each repeat (stock, DynTok, tower, ideal, then again), medians per variant: these
+  pipelines are host-bound (Python loops and read-backs in the stock towers and `get_rope_index`), and their speed
+  drifts over seconds.
 - ttft_speedup = stock / DynTok; fraction_of_ideal = ideal / DynTok (goal: >= 0.95, and >= 1.8x at F = 64);
   ideal_speedup = stock / ideal (the most a compressor of this length could give).
 - check: the ideal's inputs with every video token kept give the stock logits; with the patch, threshold 1.5 and
   marker "none" give the stock logits and the budget gives a one-token generate.
 - peak_mem_*_gb: `torch.cuda.max_memory_allocated` during one TTFT call (reset before), 1e9 bytes.
+- tower_s: the stock `get_video_features` alone (vision blocks and merger on all F frames), which every variant pays:
+  stock / (tower + the rest of the ideal) bounds what any compressor after the merger can give.
+
+`--profile F` adds a `torch.profiler` run over one DynTok and one ideal TTFT at F frames: the CPU and GPU time of
+the stages (DynTok's checks, stock positions, vision + compression, re-splice, the host's own generate), the host
+read-backs (`aten::_local_scalar_dense`) and the largest ops by CPU time, under `profile` in the host's info.
 
 DynTok runs with `threshold=None, target_ratio=0.444` and the hosts' default marker ("none"): with random weights the
 similarities mean nothing, so the budget fixes the length. Without a DynTok patch for the host (the installed package
@@ -38,8 +48,11 @@ Results go to benchmarks/results/qwen_<device>.json (sections `qwen2_5_vl`, `qwe
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime as dt
+import functools
 import json
+import statistics
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -49,7 +62,7 @@ import torch
 from torch import Tensor, nn
 
 from bench_end_to_end import GB, Timing, release, row_or_oom
-from common import RESULTS_DIR, device_kind, device_name, print_table, write_results
+from common import RESULTS_DIR, device_kind, device_name, print_table, timed_runs, write_results
 from dyntok_plugin import patch_llava, unpatch_llava
 from dyntok_plugin.core.errors import UnsupportedModelError
 from dyntok_plugin.hf import synthetic_qwen
@@ -192,6 +205,11 @@ def ideal_first_token(model: nn.Module, case: Case, kept: int) -> Tensor:
     return first_token(model, ideal_inputs(model, case, kept))
 
 
+def tower(model: nn.Module, case: Case):
+    """The stock vision tower and merger on all frames (what every variant runs first)."""
+    return model.model.get_video_features(case.inputs["pixel_values_videos"], case.inputs["video_grid_thw"])
+
+
 def peak_gb(fn, device: torch.device) -> Optional[float]:
     """`torch.cuda.max_memory_allocated` during one call of `fn` (None on the CPU)."""
     if device.type != "cuda":
@@ -214,30 +232,57 @@ def dyntok_available(model: nn.Module) -> Optional[str]:
     return None
 
 
+@contextlib.contextmanager
+def dyntok_on(model: nn.Module, args):
+    """The model patched with the benchmark's budget for the duration."""
+    patch_llava(model, threshold=None, target_ratio=args.target_ratio)
+    try:
+        yield
+    finally:
+        unpatch_llava(model)
+
+
+def interleaved_medians(variants: dict, timing: Timing, around: dict) -> dict:
+    """Median seconds per variant, the variants taking turns within each repeat (these pipelines are host-bound:
+    their speed drifts over seconds, and timing one variant's repeats back to back would charge it the drift).
+    `around[name]`: a context (e.g. the patch) entered outside that variant's timed call."""
+    times = {name: [] for name in variants}
+    with torch.inference_mode():
+        for repeat in range(timing.warmup + timing.repeats):
+            for name, run in variants.items():
+                with around.get(name, contextlib.nullcontext)():
+                    seconds = timed_runs(run, timing.device, warmup=0, repeats=1)[0]
+                if repeat >= timing.warmup:
+                    times[name].append(seconds)
+    return {name: statistics.median(values) for name, values in times.items()}
+
+
 def bench_frames(model: nn.Module, case: Case, args, timing: Timing, with_dyntok: bool) -> dict:
-    """One table row: stock, DynTok and ideal for one frame count."""
+    """One table row: stock, DynTok, the tower alone and ideal for one frame count, timed in turns."""
     device = timing.device
-    row = {"frames": case.frames, "video_tokens_stock": case.video_tokens, "tokens_stock": case.length,
-           "ttft_stock_s": timing(lambda: first_token(model, case.inputs)),
-           "peak_mem_stock_gb": peak_gb(lambda: first_token(model, case.inputs), device)}
     kept = int(args.target_ratio * case.video_tokens)  # the budget's length (markers "none")
+    patched = functools.partial(dyntok_on, model, args)
     if with_dyntok:
-        patch_llava(model, threshold=None, target_ratio=args.target_ratio)
-        try:
-            row["ttft_dyntok_s"] = timing(lambda: first_token(model, case.inputs))
+        with patched(), torch.inference_mode():
+            first_token(model, case.inputs)
             kept = sum(s.tokens_out for s in model.dyntok.last_stats)
-            row["peak_mem_dyntok_gb"] = peak_gb(lambda: first_token(model, case.inputs), device)
-        finally:
-            unpatch_llava(model)
-        release(device)
-    row["ttft_ideal_s"] = timing(lambda: ideal_first_token(model, case, kept))
-    row["peak_mem_ideal_gb"] = peak_gb(lambda: ideal_first_token(model, case, kept), device)
-    row.update(video_tokens_ideal=kept, tokens_ideal=case.length - case.video_tokens + kept,
-               ideal_speedup=row["ttft_stock_s"] / row["ttft_ideal_s"])
+    variants = {"stock": lambda: first_token(model, case.inputs)}
     if with_dyntok:
-        row.update(video_tokens_dyntok=kept, tokens_dyntok=row["tokens_ideal"],
-                   ttft_speedup=row["ttft_stock_s"] / row["ttft_dyntok_s"],
-                   fraction_of_ideal=row["ttft_ideal_s"] / row["ttft_dyntok_s"])
+        variants["dyntok"] = lambda: first_token(model, case.inputs)
+    variants.update(tower=lambda: tower(model, case), ideal=lambda: ideal_first_token(model, case, kept))
+    medians = interleaved_medians(variants, timing, around={"dyntok": patched})
+    row = {"frames": case.frames, "video_tokens_stock": case.video_tokens, "tokens_stock": case.length,
+           "ttft_stock_s": medians["stock"], "tower_s": medians["tower"], "ttft_ideal_s": medians["ideal"],
+           "video_tokens_ideal": kept, "tokens_ideal": case.length - case.video_tokens + kept,
+           "ideal_speedup": medians["stock"] / medians["ideal"],
+           "peak_mem_stock_gb": peak_gb(variants["stock"], device),
+           "peak_mem_ideal_gb": peak_gb(variants["ideal"], device)}
+    if with_dyntok:
+        with patched():
+            row["peak_mem_dyntok_gb"] = peak_gb(variants["dyntok"], device)
+        row.update(ttft_dyntok_s=medians["dyntok"], video_tokens_dyntok=kept, tokens_dyntok=row["tokens_ideal"],
+                   ttft_speedup=medians["stock"] / medians["dyntok"],
+                   fraction_of_ideal=medians["ideal"] / medians["dyntok"])
     return row
 
 
@@ -288,6 +333,10 @@ def run_host(host: str, args, device: torch.device, dtype: torch.dtype, path: Pa
             info["check"].update(check_patch(model, case, args))
         print("check:", info["check"], flush=True)
         del case
+    if args.profile:
+        case = make_case(host, config, args.profile, size, dtype, device, args.smoke)
+        info["profile"] = profile_stages(model, case, args, with_dyntok)
+        del case
     timing = Timing(args.warmup, args.repeats, device)
     rows = []
     for frames in args.frames:
@@ -302,6 +351,93 @@ def run_host(host: str, args, device: torch.device, dtype: torch.dtype, path: Pa
     return {"info": info, "rows": rows}
 
 
+STAGES = {  # profiler range name: (module, class or None, function) wrapped while profiling
+    "dyntok: check inputs": ("dyntok_plugin.patches.qwen_vl_positions", None, "check_runs"),
+    "stock positions (get_rope_index)": ("dyntok_plugin.patches.qwen_vl_positions", None, "stock_positions"),
+    "vision + DynTok": ("dyntok_plugin.patches.hf_qwen_vl", None, "compress_videos"),
+    "dyntok: compress_batch": ("dyntok_plugin.core.compressor", "DynTokCompressor", "compress_batch"),
+    "dyntok: re-splice plan": ("dyntok_plugin.patches.qwen_vl_positions", None, "plan"),
+    "stock generate (prefill, first token)": ("transformers", "GenerationMixin", "generate"),
+    "stock get_video_features": ("transformers", "Qwen3VLModel", "get_video_features"),
+    "stock get_video_features (2.5)": ("transformers", "Qwen2_5_VLModel", "get_video_features"),
+}
+
+
+@contextlib.contextmanager
+def stage_ranges():
+    """Each STAGES function wrapped in a `torch.profiler.record_function` range; originals put back after."""
+    import importlib
+
+    saved = []
+    for name, (module, cls, function) in STAGES.items():
+        try:
+            owner = importlib.import_module(module)
+        except ImportError:  # a package without the Qwen patch
+            continue
+        owner = getattr(owner, cls, None) if cls else owner
+        original = vars(owner).get(function) if owner is not None else None
+        if original is None:  # a host class this transformers lacks
+            continue
+
+        def ranged(*args, _original=original, _name=name, **kwargs):
+            with torch.profiler.record_function(_name):
+                return _original(*args, **kwargs)
+
+        saved.append((owner, function, original))
+        setattr(owner, function, functools.wraps(original)(ranged))
+    try:
+        yield
+    finally:
+        for owner, function, original in reversed(saved):
+            setattr(owner, function, original)
+
+
+def profile_stages(model: nn.Module, case: Case, args, with_dyntok: bool) -> dict:
+    """CPU / GPU ms of each stage of one warm DynTok TTFT and one warm ideal TTFT, host read-backs, top CPU ops."""
+    from torch.profiler import ProfilerActivity, profile
+
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if case.inputs["input_ids"].is_cuda else [])
+    kept = int(args.target_ratio * case.video_tokens)
+    variants = {"ideal": lambda: ideal_first_token(model, case, kept)}
+    if with_dyntok:
+        variants = {"dyntok": lambda: first_token(model, case.inputs), **variants}
+    result = {"frames": case.frames}
+    for variant, fn in variants.items():
+        with stage_ranges():  # before patching: the patch binds the (wrapped) generate
+            if variant == "dyntok":
+                patch_llava(model, threshold=None, target_ratio=args.target_ratio)
+            try:
+                with torch.inference_mode():
+                    fn()
+                    synchronize(case)
+                    begin = time.perf_counter()
+                    with profile(activities=activities) as prof:
+                        fn()
+                        synchronize(case)
+                    wall = time.perf_counter() - begin
+            finally:
+                if variant == "dyntok":
+                    unpatch_llava(model)
+        events = prof.key_averages()
+        stages = [{"stage": e.key, "calls": e.count, "cpu_ms": e.cpu_time_total / 1e3,
+                   "gpu_ms": e.device_time_total / 1e3} for e in events if e.key in STAGES]
+        reads = sum(e.count for e in events if e.key == "aten::_local_scalar_dense")
+        top = sorted(events, key=lambda e: e.self_cpu_time_total, reverse=True)[:12]
+        top_ops = [{"op": e.key[:60], "calls": e.count, "self_cpu_ms": e.self_cpu_time_total / 1e3,
+                    "gpu_ms": e.device_time_total / 1e3} for e in top]
+        print(f"\nProfile of one {variant} TTFT at F={case.frames}: {wall * 1e3:.1f} ms wall (profiled), "
+              f"{reads} host read-backs")
+        print_table(sorted(stages, key=lambda r: -r["cpu_ms"]), ["stage", "calls", "cpu_ms", "gpu_ms"])
+        print_table(top_ops, ["op", "calls", "self_cpu_ms", "gpu_ms"])
+        result[variant] = {"wall_ms": wall * 1e3, "host_read_backs": reads, "stages": stages, "top_cpu_ops": top_ops}
+    return result
+
+
+def synchronize(case: Case) -> None:
+    if case.inputs["input_ids"].is_cuda:
+        torch.cuda.synchronize()
+
+
 def default_size(config, args) -> int:
     """Frame side giving a 16x16 merged grid (smoke: 4x4)."""
     vision = config.vision_config
@@ -312,7 +448,7 @@ def print_summary(host: str, result: dict, args) -> None:
     done = [row for row in result["rows"] if "error" not in row]
     print(f"\n{result['info']['model']}, SDPA, DynTok target_ratio {args.target_ratio}, frames "
           f"{result['info']['frame_size']} px")
-    columns = ["frames", "tokens_stock", "tokens_dyntok", "ttft_stock_s", "ttft_dyntok_s", "ttft_ideal_s",
+    columns = ["frames", "tokens_stock", "tokens_dyntok", "ttft_stock_s", "ttft_dyntok_s", "ttft_ideal_s", "tower_s",
                "ttft_speedup", "fraction_of_ideal", "ideal_speedup", "peak_mem_stock_gb", "peak_mem_dyntok_gb"]
     if done:
         print_table([{c: row.get(c) for c in columns} for row in done], columns)
@@ -329,15 +465,16 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--size", type=int, default=None, help="frame side in pixels (default: a 16x16 merged grid)")
     parser.add_argument("--target-ratio", type=float, default=0.444)
     parser.add_argument("--warmup", type=int, default=None, help="default 1 (smoke: 0)")
-    parser.add_argument("--repeats", type=int, default=None, help="default 3 (smoke: 1)")
+    parser.add_argument("--repeats", type=int, default=None, help="default 5 (smoke: 1)")
     parser.add_argument("--check-frames", type=int, default=None, help="frames of the patch check (default 8)")
+    parser.add_argument("--profile", type=int, default=None, help="profile one DynTok and one ideal TTFT at this F")
     parser.add_argument("--no-checks", action="store_true", help="skip the identity / budget check")
     parser.add_argument("--device", default=None, help="cuda if available, else cpu (smoke: cpu)")
     parser.add_argument("--out", default=None, help="JSON file (default benchmarks/results/qwen_<device>.json)")
     args = parser.parse_args(argv)
     args.frames = args.frames or ([4, 8] if args.smoke else [32, 64, 128, 256])
     args.warmup = args.warmup if args.warmup is not None else (0 if args.smoke else 1)
-    args.repeats = args.repeats if args.repeats is not None else (1 if args.smoke else 3)
+    args.repeats = args.repeats if args.repeats is not None else (1 if args.smoke else 5)
     args.check_frames = args.check_frames or (4 if args.smoke else 8)
     args.device = args.device or ("cuda" if torch.cuda.is_available() and not args.smoke else "cpu")
     return args

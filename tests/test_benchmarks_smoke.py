@@ -62,14 +62,16 @@ def test_compressor_section_survives_the_end_to_end_write(results):
 
 
 QWEN_KEYS = {"frames", "video_tokens_stock", "tokens_stock", "ttft_stock_s", "ttft_dyntok_s", "ttft_ideal_s",
-             "ttft_speedup", "fraction_of_ideal", "video_tokens_dyntok", "tokens_dyntok"}
+             "tower_s", "ttft_speedup", "fraction_of_ideal", "video_tokens_dyntok", "tokens_dyntok"}
+QWEN_STAGES = {"dyntok: check inputs", "stock positions (get_rope_index)", "vision + DynTok", "dyntok: compress_batch",
+               "dyntok: re-splice plan", "stock generate (prefill, first token)"}
 
 
 @pytest.fixture(scope="module")
 def qwen_results(tmp_path_factory) -> dict:
     """bench_qwen.py's smoke mode (both hosts, tiny random models on the CPU)."""
     path = tmp_path_factory.mktemp("bench_qwen") / "qwen.json"
-    _run("bench_qwen.py", "--smoke", "--out", str(path))
+    _run("bench_qwen.py", "--smoke", "--profile", "4", "--out", str(path))
     return json.loads(path.read_text())
 
 
@@ -99,3 +101,35 @@ def test_qwen_rows_compare_stock_dyntok_and_ideal(qwen_results):
             assert row["tokens_dyntok"] == row["tokens_stock"] - row["video_tokens_stock"] + row["video_tokens_dyntok"]
             assert row["ttft_speedup"] == pytest.approx(row["ttft_stock_s"] / row["ttft_dyntok_s"])
             assert row["fraction_of_ideal"] == pytest.approx(row["ttft_ideal_s"] / row["ttft_dyntok_s"])
+
+
+def test_qwen_profile_splits_dyntok_and_ideal_into_stages(qwen_results):
+    import importlib.util
+
+    if importlib.util.find_spec("dyntok_plugin.patches.hf_qwen_vl") is None:
+        pytest.skip("the installed package has no Qwen patch")
+    for host in ("qwen2_5_vl", "qwen3_vl"):
+        profile = qwen_results["qwen_info"]["hosts"][host]["profile"]
+        dyntok = {stage["stage"] for stage in profile["dyntok"]["stages"] if stage["calls"]}
+        ideal = {stage["stage"] for stage in profile["ideal"]["stages"] if stage["calls"]}
+        assert QWEN_STAGES <= dyntok  # every stage of the DynTok path ran inside its range
+        assert not ideal & (QWEN_STAGES - {"stock generate (prefill, first token)"})  # the ideal runs no DynTok
+        assert any(stage.startswith("stock get_video_features") for stage in ideal)
+
+
+def test_plot_qwen_draws_both_hosts(qwen_results, tmp_path):
+    results = tmp_path / "qwen.json"
+    results.write_text(json.dumps(qwen_results))
+    out = tmp_path / "ttft.svg"
+    _run("plot_qwen.py", str(results), "--out", str(out))
+    svg = out.read_text()
+    for text in ("Qwen2.5-VL-7B", "Qwen3-VL-8B", "DynTok (target_ratio 0.444)", "vision tower alone", "frames"):
+        assert text in svg
+
+
+def test_plot_qwen_refuses_results_without_rows(tmp_path):
+    results = tmp_path / "empty.json"
+    results.write_text("{}")
+    done = subprocess.run([sys.executable, str(BENCHMARKS / "plot_qwen.py"), str(results), "--out",
+                           str(tmp_path / "x.svg")], capture_output=True, text=True, timeout=300)
+    assert done.returncode != 0 and "run benchmarks/bench_qwen.py first" in done.stderr
