@@ -39,9 +39,9 @@ from dyntok_plugin.hf.wrapping import (
     Originals,
     generating,
     install,
-    restore_methods,
     restore_prompt,
     take_inputs_argument,
+    uninstall,
 )
 
 SUPPORTED_CLASSES = ("transformers.LlavaOnevisionForConditionalGeneration",)
@@ -94,11 +94,9 @@ def patch(model: nn.Module, config: DynTokConfig) -> None:
 
 def unpatch(model: nn.Module) -> None:
     """Put back the forward/generate that were bound at patch time and drop all DynTok state."""
-    state = model.__dict__.get(STATE_ATTRIBUTE)
+    state = uninstall(model, STATE_ATTRIBUTE)
     if state is None:
         return
-    restore_methods(model, state.originals)
-    del model.__dict__[STATE_ATTRIBUTE]
     marker = state.host.owner.image_newline
     if id(marker) in getattr(model, "_external_params", {}):  # registered for DeepSpeed ZeRO-3 by a call
         import deepspeed

@@ -43,9 +43,9 @@ from dyntok_plugin.hf.wrapping import (
     Originals,
     generating,
     install,
-    restore_methods,
     restore_prompt,
     take_inputs_argument,
+    uninstall,
 )
 
 from . import qwen_vl_positions as positions
@@ -117,11 +117,9 @@ def patch(model: nn.Module, config: DynTokConfig) -> None:
 
 def unpatch(model: nn.Module) -> None:
     """Put back the forward/generate bound at patch time and drop all DynTok state (the marker parameter too)."""
-    state = model.__dict__.get(STATE_ATTRIBUTE)
+    state = uninstall(model, STATE_ATTRIBUTE)
     if state is None:
         return
-    restore_methods(model, state.originals)
-    del model.__dict__[STATE_ATTRIBUTE]
     model._parameters.pop(MARKER_ATTRIBUTE, None)
     state.host.owner.rope_deltas = None  # DynTok's deltas belong to a shortened sequence the stock model never saw
 

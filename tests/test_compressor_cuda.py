@@ -180,3 +180,29 @@ def test_host_pooling_on_channel_slices_gives_the_same_numbers(dtype):
         # (in bfloat16 that order moves the last bit of values near zero)
         tolerance = dict(rtol=1e-2, atol=1e-4) if dtype == torch.bfloat16 else {}
         torch.testing.assert_close(grad_sliced, grad_once, **tolerance)
+
+
+def test_host_pooling_on_channel_slices_under_torch_compile():
+    """A compiled caller runs the slices eagerly (the side streams stay out of the graph): the eager numbers."""
+    from types import SimpleNamespace
+
+    from dyntok_plugin.hf.common import per_channel_concurrently
+    from transformers.models.llava_onevision import modeling_llava_onevision as host_module
+
+    host_class = getattr(host_module, "LlavaOnevisionModel", host_module.LlavaOnevisionForConditionalGeneration)
+    owner = SimpleNamespace(config=SimpleNamespace(vision_config=SimpleNamespace(image_size=384, patch_size=14)))
+    pool = lambda x: host_class.apply_pooling(owner, x)  # noqa: E731
+    features = torch.randn(4, 27 * 27, 256, device=CUDA, requires_grad=True)
+    weight = torch.randn(4, 14 * 14, 256, device=CUDA)
+
+    def scaled_pool(x):
+        return per_channel_concurrently(pool, x * 2.0) + 1.0
+
+    torch._dynamo.reset()
+    compiled = torch.compile(scaled_pool)
+    out = compiled(features)
+    (grad,) = torch.autograd.grad((out * weight).sum(), features)
+    eager = pool(features * 2.0) + 1.0
+    (grad_eager,) = torch.autograd.grad((eager * weight).sum(), features)
+    assert torch.equal(out, eager)
+    torch.testing.assert_close(grad, grad_eager)

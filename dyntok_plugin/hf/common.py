@@ -68,6 +68,7 @@ def vision_features(tower: nn.Module, frames: Tensor, layer: int | Sequence[int]
     return torch.cat([captured[i % len(sources)] for i in indices], dim=-1)
 
 
+@torch.compiler.disable  # side streams stay out of compiled graphs: a compiled caller runs this eagerly
 def per_channel_concurrently(fn: Callable[[Tensor], Tensor], features: Tensor, parts: int = 32) -> Tensor:
     """`fn(features)` for an `fn` that treats each channel (last axis) on its own, run on channel slices on side
     CUDA streams at once and concatenated: the same kernel on the same numbers, so bit-identical to one call.

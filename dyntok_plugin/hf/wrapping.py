@@ -1,7 +1,7 @@
 """Wrapping one model instance's `forward` and `generate` (never the class), and undoing it exactly.
 
-Shared by the Hugging Face host patches: each binds its own bodies with `bind`, which keeps the original's name,
-doc and signature (`generate` and `Trainer` inspect them), and restores them with `restore_methods`. Also the
+Shared by the Hugging Face host patches: each binds its own bodies with `install` (through `bind`, which keeps the
+original's name, doc and signature: `generate` and `Trainer` inspect them) and undoes it with `uninstall`. Also the
 pieces of a patched `generate` that are the same for every host: the call as one keyword dict, the marking of its
 decode steps, and the caller's prompt put back at the head of the generated sequences.
 """
@@ -16,6 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+import torch
 from torch import Tensor, nn
 
 from .binding import adopt_assigned
@@ -46,6 +47,17 @@ def install(model: nn.Module, state: Any, state_attribute: str, bodies: dict) ->
     }
     for name, wrapper in originals.installed.items():
         setattr(model, name, wrapper)
+
+
+def uninstall(model: nn.Module, state_attribute: str) -> Any:
+    """Undo `install`: the methods bound at patch time put back and the state removed from the instance; returns
+    that state (None when the model is not patched), for the host's own clean-up."""
+    state = model.__dict__.get(state_attribute)
+    if state is None:
+        return None
+    restore_methods(model, state.originals)
+    del model.__dict__[state_attribute]
+    return state
 
 
 def restore_methods(model: nn.Module, originals: Originals) -> None:
@@ -114,8 +126,6 @@ def take_inputs_argument(call: dict) -> None:
 
 def restore_prompt(output: Any, user_ids: Tensor, spliced_length: int) -> Any:
     """Replace the spliced prompt at the head of the generated sequences by the caller's `input_ids`."""
-    import torch
-
     sequences = output if isinstance(output, Tensor) else output.sequences
     copies = sequences.shape[0] // user_ids.shape[0]  # num_return_sequences / beams expand each prompt in place
     prompts = user_ids.to(sequences.device).repeat_interleave(copies, dim=0)
