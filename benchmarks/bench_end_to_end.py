@@ -36,7 +36,6 @@ import argparse
 import contextlib
 import datetime as dt
 import functools
-import gc
 import importlib.util
 import math
 import statistics
@@ -48,7 +47,18 @@ from typing import Callable, Optional
 import torch
 from torch import Tensor, nn
 
-from common import RESULTS_DIR, device_kind, device_name, median_seconds, print_table, write_results
+from common import (
+    GB,
+    RESULTS_DIR,
+    Timing,
+    device_kind,
+    device_name,
+    is_oom,
+    print_table,
+    release,
+    row_or_oom,
+    write_results,
+)
 from dyntok_plugin import DynTokCompressor, DynTokConfig, patch_llava, unpatch_llava
 from dyntok_plugin.hf import bilinear_pool, pooled_side
 from dyntok_plugin.hf.parts import vision_owner
@@ -80,7 +90,6 @@ TINY_TEXT = dict(
 )
 TINY_IDS = dict(image_token_index=2, video_token_index=3, first_text_id=5, last_text_id=127)
 PREFIX_TOKENS, SUFFIX_TOKENS = 14, 18  # chat template around the video and a one-line question
-GB = 1e9
 
 
 def build_config(tiny: bool, attn: str):
@@ -228,19 +237,6 @@ def prefill_generate(model: nn.Module, embeds: Tensor) -> Tensor:
 def ideal_generate(model: nn.Module, case: Case, video_tokens: int) -> Tensor:
     """Stock vision on all frames, then the stock model prefilling a sequence of DynTok's length."""
     return prefill_generate(model, ideal_embeds(model, case, video_tokens))
-
-
-@dataclass
-class Timing:
-    """Repeat counts for median timings."""
-
-    warmup: int
-    repeats: int
-    device: torch.device
-
-    def __call__(self, fn: Callable[[], object]) -> float:
-        with torch.inference_mode():
-            return median_seconds(fn, self.device, warmup=self.warmup, repeats=self.repeats)
 
 
 def decode_and_peak(model: nn.Module, case: Case, new_tokens: int, timing: Timing) -> tuple:
@@ -515,28 +511,6 @@ def splits_experiment(model: nn.Module, config, args, dtype, device) -> list:
         del case
         release(device)
     return out
-
-
-def is_oom(error: BaseException) -> bool:
-    return isinstance(error, torch.OutOfMemoryError) or "out of memory" in str(error).lower()
-
-
-def release(device: torch.device) -> None:
-    gc.collect()
-    if device.type == "cuda":
-        torch.cuda.empty_cache()
-
-
-def row_or_oom(frames: int, measure: Callable[[], dict], device: torch.device) -> dict:
-    """`measure()`'s table row for one frame count, or a row recording the out-of-memory error; memory released."""
-    try:
-        row = measure()
-    except (torch.OutOfMemoryError, RuntimeError) as error:
-        if not is_oom(error):
-            raise
-        row = {"frames": frames, "error": f"OOM: {str(error).splitlines()[0][:160]}"}
-    release(device)
-    return row
 
 
 def bench_frames(model: nn.Module, case: Case, args, timing: Timing) -> dict:

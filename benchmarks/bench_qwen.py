@@ -35,9 +35,10 @@ For each frame count F (medians of CUDA-event timings after warm-up; wall clock 
 - tower_s: the stock `get_video_features` alone (vision blocks and merger on all F frames), which every variant pays:
   stock / (tower + the rest of the ideal) bounds what any compressor after the merger can give.
 
-`--profile F` adds a `torch.profiler` run over one DynTok and one ideal TTFT at F frames: the CPU and GPU time of
-the stages (DynTok's checks, stock positions, vision + compression, re-splice, the host's own generate), the host
-read-backs (`aten::_local_scalar_dense`) and the largest ops by CPU time, under `profile` in the host's info.
+`--profile F` adds a `torch.profiler` run (`qwen_profile.py`) over one DynTok and one ideal TTFT at F frames: the
+CPU and GPU time of the stages (DynTok's checks, stock positions, vision + compression, re-splice, the host's own
+generate), the host read-backs (`aten::_local_scalar_dense`) and the largest ops by CPU time, under `profile` in the
+host's info.
 
 DynTok runs with `threshold=None, target_ratio=0.444` and the hosts' default marker ("none"): with random weights the
 similarities mean nothing, so the budget fixes the length. Without a DynTok patch for the host (the installed package
@@ -61,9 +62,20 @@ from typing import Optional
 import torch
 from torch import Tensor, nn
 
-from bench_end_to_end import GB, Timing, release, row_or_oom
-from common import RESULTS_DIR, device_kind, device_name, print_table, timed_runs, write_results
+from common import (
+    GB,
+    RESULTS_DIR,
+    Timing,
+    device_kind,
+    device_name,
+    print_table,
+    release,
+    row_or_oom,
+    timed_runs,
+    write_results,
+)
 from dyntok_plugin import patch_llava, unpatch_llava
+from qwen_profile import profile_calls
 from dyntok_plugin.core.errors import UnsupportedModelError
 from dyntok_plugin.hf import synthetic_qwen
 
@@ -351,91 +363,16 @@ def run_host(host: str, args, device: torch.device, dtype: torch.dtype, path: Pa
     return {"info": info, "rows": rows}
 
 
-STAGES = {  # profiler range name: (module, class or None, function) wrapped while profiling
-    "dyntok: check inputs": ("dyntok_plugin.patches.qwen_vl_positions", None, "check_runs"),
-    "stock positions (get_rope_index)": ("dyntok_plugin.patches.qwen_vl_positions", None, "stock_positions"),
-    "vision + DynTok": ("dyntok_plugin.patches.hf_qwen_vl", None, "compress_videos"),
-    "dyntok: compress_batch": ("dyntok_plugin.core.compressor", "DynTokCompressor", "compress_batch"),
-    "dyntok: re-splice plan": ("dyntok_plugin.patches.qwen_vl_positions", None, "plan"),
-    "stock generate (prefill, first token)": ("transformers", "GenerationMixin", "generate"),
-    "stock get_video_features": ("transformers", "Qwen3VLModel", "get_video_features"),
-    "stock get_video_features (2.5)": ("transformers", "Qwen2_5_VLModel", "get_video_features"),
-}
-
-
-@contextlib.contextmanager
-def stage_ranges():
-    """Each STAGES function wrapped in a `torch.profiler.record_function` range; originals put back after."""
-    import importlib
-
-    saved = []
-    for name, (module, cls, function) in STAGES.items():
-        try:
-            owner = importlib.import_module(module)
-        except ImportError:  # a package without the Qwen patch
-            continue
-        owner = getattr(owner, cls, None) if cls else owner
-        original = vars(owner).get(function) if owner is not None else None
-        if original is None:  # a host class this transformers lacks
-            continue
-
-        def ranged(*args, _original=original, _name=name, **kwargs):
-            with torch.profiler.record_function(_name):
-                return _original(*args, **kwargs)
-
-        saved.append((owner, function, original))
-        setattr(owner, function, functools.wraps(original)(ranged))
-    try:
-        yield
-    finally:
-        for owner, function, original in reversed(saved):
-            setattr(owner, function, original)
-
-
 def profile_stages(model: nn.Module, case: Case, args, with_dyntok: bool) -> dict:
-    """CPU / GPU ms of each stage of one warm DynTok TTFT and one warm ideal TTFT, host read-backs, top CPU ops."""
-    from torch.profiler import ProfilerActivity, profile
-
-    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if case.inputs["input_ids"].is_cuda else [])
+    """`qwen_profile.profile_calls` over one warm DynTok TTFT and one warm ideal TTFT at `case.frames`."""
     kept = int(args.target_ratio * case.video_tokens)
     variants = {"ideal": lambda: ideal_first_token(model, case, kept)}
     if with_dyntok:
         variants = {"dyntok": lambda: first_token(model, case.inputs), **variants}
-    result = {"frames": case.frames}
-    for variant, fn in variants.items():
-        with stage_ranges():  # before patching: the patch binds the (wrapped) generate
-            if variant == "dyntok":
-                patch_llava(model, threshold=None, target_ratio=args.target_ratio)
-            try:
-                with torch.inference_mode():
-                    fn()
-                    synchronize(case)
-                    begin = time.perf_counter()
-                    with profile(activities=activities) as prof:
-                        fn()
-                        synchronize(case)
-                    wall = time.perf_counter() - begin
-            finally:
-                if variant == "dyntok":
-                    unpatch_llava(model)
-        events = prof.key_averages()
-        stages = [{"stage": e.key, "calls": e.count, "cpu_ms": e.cpu_time_total / 1e3,
-                   "gpu_ms": e.device_time_total / 1e3} for e in events if e.key in STAGES]
-        reads = sum(e.count for e in events if e.key == "aten::_local_scalar_dense")
-        top = sorted(events, key=lambda e: e.self_cpu_time_total, reverse=True)[:12]
-        top_ops = [{"op": e.key[:60], "calls": e.count, "self_cpu_ms": e.self_cpu_time_total / 1e3,
-                    "gpu_ms": e.device_time_total / 1e3} for e in top]
-        print(f"\nProfile of one {variant} TTFT at F={case.frames}: {wall * 1e3:.1f} ms wall (profiled), "
-              f"{reads} host read-backs")
-        print_table(sorted(stages, key=lambda r: -r["cpu_ms"]), ["stage", "calls", "cpu_ms", "gpu_ms"])
-        print_table(top_ops, ["op", "calls", "self_cpu_ms", "gpu_ms"])
-        result[variant] = {"wall_ms": wall * 1e3, "host_read_backs": reads, "stages": stages, "top_cpu_ops": top_ops}
-    return result
-
-
-def synchronize(case: Case) -> None:
-    if case.inputs["input_ids"].is_cuda:
-        torch.cuda.synchronize()
+    title = f"TTFT at F={case.frames}"
+    profiled = profile_calls(variants, {"dyntok": functools.partial(dyntok_on, model, args)},
+                             case.inputs["input_ids"].device, title)
+    return {"frames": case.frames, **profiled}
 
 
 def default_size(config, args) -> int:

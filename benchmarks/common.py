@@ -1,11 +1,13 @@
-"""Timing, device description, result files and model sizes shared by the benchmark scripts."""
+"""Timing, out-of-memory rows, device description, result files and model sizes shared by the benchmark scripts."""
 
 from __future__ import annotations
 
+import gc
 import json
 import platform
 import statistics
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
@@ -13,6 +15,7 @@ import torch
 
 from dyntok_plugin.hf import synthetic
 
+GB = 1e9  # memory figures in 1e9 bytes
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 # llava-onevision-qwen2-0.5b-ov sizes (HF conversion), random weights: defined once, in the package.
 LLAVA_OV_05B = synthetic.LLAVA_OV_05B
@@ -42,6 +45,41 @@ def timed_runs(fn: Callable[[], object], device: torch.device, warmup: int = 3, 
 def median_seconds(fn: Callable[[], object], device: torch.device, warmup: int = 3, repeats: int = 10) -> float:
     """Median of `timed_runs`."""
     return statistics.median(timed_runs(fn, device, warmup, repeats))
+
+
+@dataclass
+class Timing:
+    """Repeat counts for median timings."""
+
+    warmup: int
+    repeats: int
+    device: torch.device
+
+    def __call__(self, fn: Callable[[], object]) -> float:
+        with torch.inference_mode():
+            return median_seconds(fn, self.device, warmup=self.warmup, repeats=self.repeats)
+
+
+def is_oom(error: BaseException) -> bool:
+    return isinstance(error, torch.OutOfMemoryError) or "out of memory" in str(error).lower()
+
+
+def release(device: torch.device) -> None:
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+
+
+def row_or_oom(frames: int, measure: Callable[[], dict], device: torch.device) -> dict:
+    """`measure()`'s table row for one frame count, or a row recording the out-of-memory error; memory released."""
+    try:
+        row = measure()
+    except (torch.OutOfMemoryError, RuntimeError) as error:
+        if not is_oom(error):
+            raise
+        row = {"frames": frames, "error": f"OOM: {str(error).splitlines()[0][:160]}"}
+    release(device)
+    return row
 
 
 def device_name(device: torch.device) -> str:

@@ -1,7 +1,7 @@
 """The picture of `bench_qwen.py`'s results: TTFT against frames, one panel per host (stock, DynTok, ideal, tower).
 
-    python benchmarks/plot_qwen.py                                   # results/qwen_nvidia-h200.json -> docs/qwen_ttft.svg
-    python benchmarks/plot_qwen.py RESULTS.json --out PATH.svg|.png
+    python benchmarks/plot_qwen.py                          # results/qwen_nvidia-h200.json -> docs/qwen_ttft.svg
+    python benchmarks/plot_qwen.py RESULTS.json --out PATH  # .svg or .png
 
 The shaded band under the tower line is time no compressor after the merger can save: the vision tower runs on every
 frame. Needs matplotlib (`pip install 'dyntok-plugin[demo]'`).
