@@ -455,6 +455,14 @@ def launches(variants: list, precisions: list) -> list:
     return pairs + [("dyntok", p) for p in precisions[1:] if "dyntok" in variants]
 
 
+def _shown(path: Path) -> str:
+    """A path as the results file records it: relative to the repository when inside it (no machine's folders)."""
+    try:
+        return str(path.resolve().relative_to(REPO))
+    except ValueError:
+        return path.name
+
+
 def run(args: argparse.Namespace) -> None:
     import torch
 
@@ -508,7 +516,7 @@ def run(args: argparse.Namespace) -> None:
         "torch": torch.__version__,
         "transformers": transformers.__version__,
         "model": {k: v for k, v in prep.items() if k not in ("checkpoint", "data")},
-        "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()
+        "settings": {k: (_shown(v) if isinstance(v, Path) else v) for k, v in vars(args).items()
                      if k not in ("out_dir", "work", "json", "func")},
         "note": ("Random weights: the DynTok compression ratio under tau ~ U(0.6, 0.9) reflects random SigLIP "
                  "features, not real ones. Tokens = the language model's input length (text + video) per rank; "
