@@ -43,7 +43,8 @@ host's info.
 DynTok runs with `threshold=None, target_ratio=0.444` and the hosts' default marker ("none"): with random weights the
 similarities mean nothing, so the budget fixes the length. Without a DynTok patch for the host (the installed package
 refuses the model), the DynTok columns are left out; stock and ideal (at the budget's length) are still measured.
-Results go to benchmarks/results/qwen_<device>.json (sections `qwen2_5_vl`, `qwen3_vl`, `qwen_info`).
+Results go to benchmarks/results/qwen_<device>.json (sections `qwen2_5_vl`, `qwen3_vl`, `qwen_info`; `--tag T` writes
+`<host>_T` instead, beside them); each host's info, check and `--profile` under `qwen_info.hosts.<section>`.
 """
 
 from __future__ import annotations
@@ -357,7 +358,7 @@ def run_host(host: str, args, device: torch.device, dtype: torch.dtype, path: Pa
         del case
         rows.append(row)
         print(f"{host} F={frames}: {row}", flush=True)
-        write_results(path, host, rows)
+        write_results(path, section_name(host, args), rows)
     del model
     release(device)
     return {"info": info, "rows": rows}
@@ -379,6 +380,12 @@ def default_size(config, args) -> int:
     """Frame side giving a 16x16 merged grid (smoke: 4x4)."""
     vision = config.vision_config
     return vision.patch_size * vision.spatial_merge_size * (4 if args.smoke else 16)
+
+
+def section_name(host: str, args) -> str:
+    """The results file's section of one host's rows (and its key under `qwen_info.hosts`): the host, or
+    `<host>_<tag>` with `--tag`, so runs at other settings go beside the default ones."""
+    return f"{host}_{args.tag}" if args.tag else host
 
 
 def print_summary(host: str, result: dict, args) -> None:
@@ -407,6 +414,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--profile", type=int, default=None, help="profile one DynTok and one ideal TTFT at this F")
     parser.add_argument("--no-checks", action="store_true", help="skip the identity / budget check")
     parser.add_argument("--device", default=None, help="cuda if available, else cpu (smoke: cpu)")
+    parser.add_argument("--tag", default=None, help="write rows to section <host>_<tag> (e.g. 640px) of the file")
     parser.add_argument("--out", default=None, help="JSON file (default benchmarks/results/qwen_<device>.json)")
     args = parser.parse_args(argv)
     args.frames = args.frames or ([4, 8] if args.smoke else [32, 64, 128, 256])
@@ -441,7 +449,7 @@ def main(argv=None) -> None:
     results = {}
     for host in args.host:
         results[host] = run_host(host, args, device, dtype, path)
-        info["hosts"][host] = results[host]["info"]
+        info["hosts"][section_name(host, args)] = results[host]["info"]
         write_results(path, "qwen_info", info)
     for host, result in results.items():
         print_summary(host, result, args)

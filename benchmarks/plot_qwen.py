@@ -13,9 +13,8 @@ import argparse
 import json
 from pathlib import Path
 
-from common import RESULTS_DIR
-
 ROOT = Path(__file__).resolve().parent.parent
+RESULTS_DIR = ROOT / "benchmarks" / "results"  # as common.RESULTS_DIR, without importing torch to draw a plot
 HOSTS = {"qwen2_5_vl": "Qwen2.5-VL-7B", "qwen3_vl": "Qwen3-VL-8B"}
 SERIES = [  # (row key, label, matplotlib style)
     ("ttft_stock_s", "stock", dict(color="#555555", marker="o")),

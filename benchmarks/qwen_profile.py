@@ -13,6 +13,7 @@ import importlib
 import time
 
 import torch
+from torch.autograd import DeviceType
 
 from common import print_table
 
@@ -30,29 +31,38 @@ STAGES = {  # profiler range name: (module, class or None, function) wrapped whi
 
 @contextlib.contextmanager
 def stage_ranges():
-    """Each STAGES function wrapped in a `torch.profiler.record_function` range; originals put back after."""
+    """Each STAGES function wrapped in a `torch.profiler.record_function` range; the originals are put back after,
+    also when installing a later wrapper or the body fails."""
     saved = []
-    for name, (module, cls, function) in STAGES.items():
-        try:
-            owner = importlib.import_module(module)
-        except ImportError:  # a package without the Qwen patch
-            continue
-        owner = getattr(owner, cls, None) if cls else owner
-        original = vars(owner).get(function) if owner is not None else None
-        if original is None:  # a host class this transformers lacks
-            continue
-
-        def ranged(*args, _original=original, _name=name, **kwargs):
-            with torch.profiler.record_function(_name):
-                return _original(*args, **kwargs)
-
-        saved.append((owner, function, original))
-        setattr(owner, function, functools.wraps(original)(ranged))
     try:
+        for name, target in STAGES.items():
+            found = _find(*target)
+            if found is None:
+                continue
+            owner, function, original = found
+
+            def ranged(*args, _original=original, _name=name, **kwargs):
+                with torch.profiler.record_function(_name):
+                    return _original(*args, **kwargs)
+
+            saved.append(found)
+            setattr(owner, function, functools.wraps(original)(ranged))
         yield
     finally:
         for owner, function, original in reversed(saved):
             setattr(owner, function, original)
+
+
+def _find(module: str, cls: str | None, function: str):
+    """(owner, function name, original) of one stage, or None where this install lacks it (no Qwen patch, or a
+    host class this transformers does not have)."""
+    try:
+        owner = importlib.import_module(module)
+        owner = getattr(owner, cls) if cls else owner
+    except (ImportError, AttributeError):
+        return None
+    original = vars(owner).get(function)
+    return None if original is None else (owner, function, original)
 
 
 def profile_calls(variants: dict, around: dict, device: torch.device, title: str) -> dict:
@@ -76,19 +86,29 @@ def profile_calls(variants: dict, around: dict, device: torch.device, title: str
         print(f"\nProfile of one {variant} {title}: {wall * 1e3:.1f} ms wall (profiled), "
               f"{result[variant]['host_read_backs']} host read-backs")
         stages = sorted(result[variant]["stages"], key=lambda r: -r["cpu_ms"])
-        print_table(stages, ["stage", "calls", "cpu_ms", "gpu_ms"])
+        print_table(stages, ["stage", "calls", "cpu_ms", "gpu_kernels_ms", "gpu_span_ms"])
         print_table(result[variant]["top_cpu_ops"], ["op", "calls", "self_cpu_ms", "gpu_ms"])
     return result
 
 
 def _summary(events, wall: float) -> dict:
-    stages = [{"stage": e.key, "calls": e.count, "cpu_ms": e.cpu_time_total / 1e3, "gpu_ms": e.device_time_total / 1e3}
-              for e in events if e.key in STAGES]
+    """The profile of one call: per stage its CPU range (`cpu_ms`), the GPU kernels launched inside it
+    (`gpu_kernels_ms`) and its span on the GPU (`gpu_span_ms`, the range's GPU annotation; CUDA only)."""
+    stages = {}
+    for e in events:
+        if e.key not in STAGES:
+            continue
+        row = stages.setdefault(e.key, {"stage": e.key, "calls": 0, "cpu_ms": 0.0, "gpu_kernels_ms": 0.0,
+                                        "gpu_span_ms": 0.0})
+        if e.device_type == DeviceType.CPU:
+            row.update(calls=e.count, cpu_ms=e.cpu_time_total / 1e3, gpu_kernels_ms=e.device_time_total / 1e3)
+        else:  # the range's user annotation on the GPU timeline
+            row["gpu_span_ms"] = e.device_time_total / 1e3
     top = sorted(events, key=lambda e: e.self_cpu_time_total, reverse=True)[:12]
     top_ops = [{"op": e.key[:60], "calls": e.count, "self_cpu_ms": e.self_cpu_time_total / 1e3,
                 "gpu_ms": e.device_time_total / 1e3} for e in top]
     reads = sum(e.count for e in events if e.key == "aten::_local_scalar_dense")
-    return {"wall_ms": wall * 1e3, "host_read_backs": reads, "stages": stages, "top_cpu_ops": top_ops}
+    return {"wall_ms": wall * 1e3, "host_read_backs": reads, "stages": list(stages.values()), "top_cpu_ops": top_ops}
 
 
 def _synchronize(device: torch.device) -> None:

@@ -113,6 +113,7 @@ def test_qwen_profile_splits_dyntok_and_ideal_into_stages(qwen_results):
         dyntok = {stage["stage"] for stage in profile["dyntok"]["stages"] if stage["calls"]}
         ideal = {stage["stage"] for stage in profile["ideal"]["stages"] if stage["calls"]}
         assert QWEN_STAGES <= dyntok  # every stage of the DynTok path ran inside its range
+        assert len(dyntok) == len(profile["dyntok"]["stages"])  # one row per stage
         assert not ideal & (QWEN_STAGES - {"stock generate (prefill, first token)"})  # the ideal runs no DynTok
         assert any(stage.startswith("stock get_video_features") for stage in ideal)
 
@@ -133,3 +134,21 @@ def test_plot_qwen_refuses_results_without_rows(tmp_path):
     done = subprocess.run([sys.executable, str(BENCHMARKS / "plot_qwen.py"), str(results), "--out",
                            str(tmp_path / "x.svg")], capture_output=True, text=True, timeout=300)
     assert done.returncode != 0 and "run benchmarks/bench_qwen.py first" in done.stderr
+
+
+def test_stage_ranges_put_every_original_back_also_after_an_error(monkeypatch):
+    import transformers
+
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    import qwen_profile
+    from dyntok_plugin.patches import qwen_vl_positions
+
+    before = (transformers.GenerationMixin.__dict__["generate"], qwen_vl_positions.check_runs)
+    with qwen_profile.stage_ranges():
+        assert transformers.GenerationMixin.__dict__["generate"] is not before[0]
+        assert qwen_vl_positions.check_runs is not before[1]
+    assert (transformers.GenerationMixin.__dict__["generate"], qwen_vl_positions.check_runs) == before
+    with pytest.raises(RuntimeError, match="inside"):
+        with qwen_profile.stage_ranges():
+            raise RuntimeError("inside")
+    assert (transformers.GenerationMixin.__dict__["generate"], qwen_vl_positions.check_runs) == before

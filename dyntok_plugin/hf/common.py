@@ -68,18 +68,19 @@ def vision_features(tower: nn.Module, frames: Tensor, layer: int | Sequence[int]
     return torch.cat([captured[i % len(sources)] for i in indices], dim=-1)
 
 
-@torch.compiler.disable  # side streams stay out of compiled graphs: a compiled caller runs this eagerly
 def per_channel_concurrently(fn: Callable[[Tensor], Tensor], features: Tensor, parts: int = 32) -> Tensor:
     """`fn(features)` for an `fn` that treats each channel (last axis) on its own, run on channel slices on side
     CUDA streams at once and concatenated: the same kernel on the same numbers, so bit-identical to one call.
 
     For the host's channels-first bilinear pooling, whose CUDA kernel runs one thread per output position and loops
     over every frame and channel: one call keeps one multiprocessor busy (23 ms for 64 frames of 729 x 896 float32
-    features on an H200). Autograd follows the streams. On other devices, or with few channels, one plain call.
+    features on an H200). Autograd follows the streams. On other devices, with few channels, or while
+    `torch.compile` traces the caller (the compiler schedules its own kernel; no side streams in its graph), one
+    plain call.
     Memory: the slices' copies and outputs come from the side streams' own allocator pools, so the reserved (not
     the allocated) memory grows by about one copy of the features.
     """
-    if features.device.type != "cuda" or features.shape[-1] < 2 * parts:
+    if features.device.type != "cuda" or features.shape[-1] < 2 * parts or _compiling():
         return fn(features)
     main = torch.cuda.current_stream(features.device)
     streams = _side_streams(features.device, parts)
@@ -93,6 +94,12 @@ def per_channel_concurrently(fn: Callable[[Tensor], Tensor], features: Tensor, p
         main.wait_stream(stream)
         output.record_stream(main)
     return torch.cat(outputs, dim=-1)
+
+
+def _compiling() -> bool:
+    """Whether `torch.compile` is tracing this call (`torch.compiler.is_compiling`, torch >= 2.3)."""
+    is_compiling = getattr(torch.compiler, "is_compiling", None)
+    return bool(is_compiling and is_compiling())
 
 
 @functools.lru_cache(maxsize=None)
