@@ -30,6 +30,7 @@ def plot(results: dict, out: Path) -> Path:
 
     matplotlib.use("Agg", force=True)
     matplotlib.rcParams["svg.fonttype"] = "none"  # text stays text: a small, searchable SVG
+    matplotlib.rcParams["svg.hashsalt"] = "dyntok"  # the same ids every time: a re-drawn picture diffs clean
     import matplotlib.pyplot as plt
 
     hosts = [host for host in HOSTS if any("error" not in row for row in results.get(host, []))]
