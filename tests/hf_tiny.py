@@ -35,6 +35,7 @@ from dyntok_plugin.hf.synthetic import (  # noqa: F401  (re-exported for the tes
     VOCAB_SIZE,
     build_tokenizer,
     llava_onevision_config,
+    pad_rows,
     random_llava_onevision,
 )
 
@@ -101,14 +102,7 @@ def pad_batch(samples: Iterable[Sequence[int]], side: str = "left", labels: bool
     """
     if side not in ("left", "right"):
         raise ValueError(f"side must be 'left' or 'right', got {side!r}")
-    samples = [list(s) for s in samples]
-    width = max(len(s) for s in samples)
-    ids = torch.full((len(samples), width), PAD_ID, dtype=torch.long)
-    mask = torch.zeros((len(samples), width), dtype=torch.long)
-    for row, sample in enumerate(samples):
-        span = slice(width - len(sample), width) if side == "left" else slice(0, len(sample))
-        ids[row, span] = torch.tensor(sample, dtype=torch.long)
-        mask[row, span] = 1
+    ids, mask = pad_rows([list(s) for s in samples], side, PAD_ID)
     batch = {"input_ids": ids, "attention_mask": mask}
     if labels:
         lab = ids.masked_fill(mask == 0, -100)

@@ -19,6 +19,8 @@ from typing import Optional, Sequence
 import torch
 from torch import nn
 
+from dyntok_plugin.hf.synthetic import pad_rows
+
 PACKAGE = os.environ.get("DYNTOK_TEST_LLAVA_PACKAGE", "llavaction")
 IMAGE_TOKEN = -200  # LLaVA-NeXT's IMAGE_TOKEN_INDEX: one per image or video in input_ids
 IGNORE = -100
@@ -179,13 +181,7 @@ def prompt(before: Sequence[int] = (5, 6), after: Sequence[int] = (7, 8)) -> lis
 
 def left_pad(rows: Sequence[Sequence[int]], pad: int = 0):
     """Left-padded `input_ids` and `attention_mask` for prompts of different lengths."""
-    width = max(len(r) for r in rows)
-    ids = torch.full((len(rows), width), pad, dtype=torch.long)
-    mask = torch.zeros((len(rows), width), dtype=torch.long)
-    for i, r in enumerate(rows):
-        ids[i, width - len(r):] = torch.tensor(r)
-        mask[i, width - len(r):] = 1
-    return ids, mask
+    return pad_rows(rows, "left", pad)
 
 
 def labels_for(input_ids: torch.Tensor, attention_mask: Optional[torch.Tensor] = None) -> torch.Tensor:

@@ -113,26 +113,46 @@ def random_llava_onevision(config: Any, seed: int = 0, device: Union[str, torch.
 
 def build_tokenizer():
     """An offline word-level `PreTrainedTokenizerFast` over VOCAB_SIZE ids with LLaVA-OV's special tokens."""
+    return word_level_tokenizer(
+        specials=["<pad>", "<unk>", "<image>", "<video>", "<|im_end|>", "<|im_start|>"],
+        words=["user", "assistant", "system", "\n", "what", "is", "happening", "in", "the", "video", "?", "."],
+        isolated="\n?.", pad="<pad>", unk="<unk>", eos="<|im_end|>",
+        additional=["<image>", "<video>", "<|im_start|>"], chat_template=CHAT_TEMPLATE,
+    )
+
+
+def word_level_tokenizer(specials: Sequence[str], words: Sequence[str], isolated: str, pad: str, unk: str, eos: str,
+                         additional: Sequence[str], chat_template: str, vocab_size: int = VOCAB_SIZE):
+    """An offline word-level `PreTrainedTokenizerFast`: `specials` then `words` at ids 0, 1, ..., filler words `w<i>`
+    up to `vocab_size`; split on spaces and tabs, each character of `isolated` a token of its own."""
+    import re
+
     from tokenizers import Regex, Tokenizer, models, pre_tokenizers
     from transformers import PreTrainedTokenizerFast
 
-    specials = ["<pad>", "<unk>", "<image>", "<video>", "<|im_end|>", "<|im_start|>"]
-    words = ["user", "assistant", "system", "\n", "what", "is", "happening", "in", "the", "video", "?", "."]
-    vocab = {tok: i for i, tok in enumerate(specials + words)}
-    vocab.update({f"w{i}": i for i in range(len(vocab), VOCAB_SIZE)})
-    core = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
-    core.pre_tokenizer = pre_tokenizers.Sequence(
-        [pre_tokenizers.Split(Regex(r"[ \t]+"), "removed"), pre_tokenizers.Split(Regex(r"[\n?.]"), "isolated")]
-    )
-    tokenizer = PreTrainedTokenizerFast(
-        tokenizer_object=core,
-        pad_token="<pad>",
-        unk_token="<unk>",
-        eos_token="<|im_end|>",
-        additional_special_tokens=["<image>", "<video>", "<|im_start|>"],
-    )
-    tokenizer.chat_template = CHAT_TEMPLATE
+    vocab = {tok: i for i, tok in enumerate([*specials, *words])}
+    vocab.update({f"w{i}": i for i in range(len(vocab), vocab_size)})
+    core = Tokenizer(models.WordLevel(vocab=vocab, unk_token=unk))
+    core.pre_tokenizer = pre_tokenizers.Sequence([
+        pre_tokenizers.Split(Regex(r"[ \t]+"), "removed"),
+        pre_tokenizers.Split(Regex(f"[{re.escape(isolated)}]"), "isolated"),
+    ])
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=core, pad_token=pad, unk_token=unk, eos_token=eos,
+                                        additional_special_tokens=list(additional))
+    tokenizer.chat_template = chat_template
     return tokenizer
+
+
+def pad_rows(rows: Sequence[Sequence[int]], side: str, pad_id: int) -> tuple:
+    """`(input_ids, attention_mask)` of id rows padded with `pad_id` to the longest, on `side` ("left"/"right")."""
+    width = max(len(row) for row in rows)
+    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for b, row in enumerate(rows):  # test inputs built once, not a model's hot path
+        span = slice(width - len(row), width) if side == "left" else slice(0, len(row))
+        ids[b, span] = torch.tensor(list(row), dtype=torch.long)
+        mask[b, span] = 1
+    return ids, mask
 
 
 def build_processor(image_size: int, patch_size: int, chat_template: str = CHAT_TEMPLATE):

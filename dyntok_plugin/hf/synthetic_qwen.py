@@ -24,6 +24,8 @@ from typing import Any, Optional, Sequence, Union
 import torch
 from torch import Tensor
 
+from . import synthetic
+
 PAD_ID, EOS_ID, IMAGE_ID, VIDEO_ID, VISION_START_ID, VISION_END_ID = 0, 1, 2, 3, 4, 5
 IM_START_ID, SECONDS_ID = 6, 7
 DIGIT_IDS = tuple(range(8, 18))  # "0".."9": timestamps are ordinary text tokens
@@ -183,13 +185,7 @@ def _video_ids(grid: list, merge: int, tps: int, fps: float, qwen3: bool) -> lis
 
 def _pad(rows: list, side: str, labels: bool) -> dict:
     """Pad id rows on `side` with PAD_ID; mask, `mm_token_type_ids` and (optionally) labels."""
-    width = max(len(r) for r in rows)
-    ids = torch.full((len(rows), width), PAD_ID, dtype=torch.long)
-    mask = torch.zeros((len(rows), width), dtype=torch.long)
-    for b, row in enumerate(rows):
-        span = slice(width - len(row), width) if side == "left" else slice(0, len(row))
-        ids[b, span] = torch.tensor(row, dtype=torch.long)
-        mask[b, span] = 1
+    ids, mask = synthetic.pad_rows(rows, side, PAD_ID)
     types = torch.where(ids == VIDEO_ID, 2, torch.where(ids == IMAGE_ID, 1, 0)) * mask
     batch = {"input_ids": ids, "attention_mask": mask, "mm_token_type_ids": types.to(torch.int32)}
     if labels:
@@ -217,25 +213,15 @@ CHAT_TEMPLATE = (
 def build_qwen_tokenizer():
     """An offline word-level `PreTrainedTokenizerFast` over VOCAB_SIZE ids with Qwen VL's special tokens at the
     ids of the tiny configs (timestamps `<1.5 seconds>` are not parsed; `qwen_vl_inputs` builds them as ids)."""
-    from tokenizers import Regex, Tokenizer, models, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast
-
-    specials = ["<|endoftext|>", "<|im_end|>", "<|image_pad|>", "<|video_pad|>", "<|vision_start|>",
-                "<|vision_end|>", "<|im_start|>", "seconds"] + [str(d) for d in range(10)]
-    words = ["user", "assistant", "system", "\n", "what", "is", "happening", "in", "the", "video", "?", ".", "<", ">"]
-    vocab = {tok: i for i, tok in enumerate(specials + words)}
-    vocab.update({f"w{i}": i for i in range(len(vocab), VOCAB_SIZE)})
-    core = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<|endoftext|>"))
-    core.pre_tokenizer = pre_tokenizers.Sequence(
-        [pre_tokenizers.Split(Regex(r"[ \t]+"), "removed"), pre_tokenizers.Split(Regex(r"[\n?.<>]"), "isolated")]
+    return synthetic.word_level_tokenizer(
+        specials=["<|endoftext|>", "<|im_end|>", "<|image_pad|>", "<|video_pad|>", "<|vision_start|>",
+                  "<|vision_end|>", "<|im_start|>", "seconds"] + [str(d) for d in range(10)],
+        words=["user", "assistant", "system", "\n", "what", "is", "happening", "in", "the", "video", "?", ".", "<",
+               ">"],
+        isolated="\n?.<>", pad="<|endoftext|>", unk="<|endoftext|>", eos="<|im_end|>",
+        additional=["<|image_pad|>", "<|video_pad|>", "<|vision_start|>", "<|vision_end|>", "<|im_start|>"],
+        chat_template=CHAT_TEMPLATE, vocab_size=VOCAB_SIZE,
     )
-    tokenizer = PreTrainedTokenizerFast(
-        tokenizer_object=core, pad_token="<|endoftext|>", unk_token="<|endoftext|>", eos_token="<|im_end|>",
-        additional_special_tokens=["<|image_pad|>", "<|video_pad|>", "<|vision_start|>", "<|vision_end|>",
-                                   "<|im_start|>"],
-    )
-    tokenizer.chat_template = CHAT_TEMPLATE
-    return tokenizer
 
 
 def build_qwen_processor(config: Any, max_pixels: int = 48 * 80):
