@@ -76,6 +76,7 @@ from common import (
     write_results,
 )
 from dyntok_plugin import patch_llava, unpatch_llava
+from plot_qwen import HOSTS as NAMES
 from qwen_profile import profile_calls
 from dyntok_plugin.core.errors import UnsupportedModelError
 from dyntok_plugin.hf import synthetic_qwen
@@ -109,7 +110,6 @@ QWEN3_VL_8B = dict(
                                    mrope_interleaved=True)),
 )
 REAL = {"qwen2_5_vl": QWEN25_VL_7B, "qwen3_vl": QWEN3_VL_8B}
-NAMES = {"qwen2_5_vl": "Qwen2.5-VL-7B", "qwen3_vl": "Qwen3-VL-8B"}
 PREFIX_TOKENS, SUFFIX_TOKENS, TIMESTAMP_TOKENS = 14, 18, 4  # chat template and question; "<1.0 seconds>"
 FIRST_TEXT_ID = {True: synthetic_qwen.FIRST_TEXT_ID, False: 0}  # random text ids from here (real: to the specials)
 
@@ -128,11 +128,9 @@ def build_config(host: str, tiny: bool):
     return config
 
 
-def build_model(host: str, config, dtype: torch.dtype, device: torch.device) -> nn.Module:
+def build_model(config, dtype: torch.dtype, device: torch.device) -> nn.Module:
     """Seeded random weights allocated directly on `device` in `dtype` (no hub, no CPU copy)."""
-    from transformers import Qwen2_5_VLForConditionalGeneration, Qwen3VLForConditionalGeneration
-
-    cls = Qwen2_5_VLForConditionalGeneration if host == "qwen2_5_vl" else Qwen3VLForConditionalGeneration
+    cls = synthetic_qwen.model_class(config)
     torch.manual_seed(0)
     with torch.device(device):
         model = cls._from_config(config, dtype=dtype, attn_implementation="sdpa")
@@ -299,20 +297,24 @@ def bench_frames(model: nn.Module, case: Case, args, timing: Timing, with_dyntok
     return row
 
 
-def check_ideal(model: nn.Module, case: Case) -> dict:
+def stock_logits(model: nn.Module, case: Case) -> Tensor:
+    """The unpatched model's last-position logits (float32), what both checks compare against."""
+    with torch.inference_mode():
+        return model(**case.inputs, logits_to_keep=1).logits.float()
+
+
+def check_ideal(model: nn.Module, case: Case, stock: Tensor) -> dict:
     """The ideal's inputs keeping every video token give the stock logits (its positions and features are the
     stock ones)."""
     with torch.inference_mode():
-        stock = model(**case.inputs, logits_to_keep=1).logits.float()
         full = model(**ideal_inputs(model, case, case.video_tokens), logits_to_keep=1).logits.float()
     return {"frames": case.frames, "ideal_all_tokens_max_abs_logit_diff": float((full - stock).abs().max()),
             "logits_finite": bool(torch.isfinite(stock).all())}
 
 
-def check_patch(model: nn.Module, case: Case, args) -> dict:
+def check_patch(model: nn.Module, case: Case, stock: Tensor, args) -> dict:
     """Identity (threshold above 1, marker "none": the stock logits) and the budget's length, at the check size."""
     with torch.inference_mode():
-        stock = model(**case.inputs, logits_to_keep=1).logits.float()
         patch_llava(model, threshold=1.5, marker="none")
         try:
             same = model(**case.inputs, logits_to_keep=1).logits.float()
@@ -330,7 +332,7 @@ def run_host(host: str, args, device: torch.device, dtype: torch.dtype, path: Pa
     """Build one host, check the patch, time every frame count; rows and info written to `path` as they come."""
     config = build_config(host, args.smoke)
     begin = time.perf_counter()
-    model = build_model(host, config, dtype, device)
+    model = build_model(config, dtype, device)
     info = {"model": f"{NAMES[host]} sizes, random weights" if not args.smoke else f"tiny random {host}",
             "build_seconds": time.perf_counter() - begin, "frame_size": args.size or default_size(config, args),
             "weights_gb": torch.cuda.memory_allocated(device) / GB if device.type == "cuda" else None}
@@ -341,9 +343,10 @@ def run_host(host: str, args, device: torch.device, dtype: torch.dtype, path: Pa
           f"{'patched' if with_dyntok else 'unavailable (' + info['dyntok_unavailable'] + ')'}", flush=True)
     if not args.no_checks:
         case = make_case(host, config, args.check_frames, size, dtype, device, args.smoke)
-        info["check"] = check_ideal(model, case)
+        stock = stock_logits(model, case)
+        info["check"] = check_ideal(model, case, stock)
         if with_dyntok:
-            info["check"].update(check_patch(model, case, args))
+            info["check"].update(check_patch(model, case, stock, args))
         print("check:", info["check"], flush=True)
         del case
     if args.profile:

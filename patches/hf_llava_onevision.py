@@ -31,16 +31,16 @@ from torch import Tensor, nn
 
 from dyntok_plugin.core import DynTokCompressor, DynTokConfig
 from dyntok_plugin.hf import bilinear_pool, splice, transformers_version, video_token_id, vision_features
-from dyntok_plugin.hf.binding import clear_stats
 from dyntok_plugin.hf.common import per_channel_concurrently, pooled_grid
-from dyntok_plugin.hf.generation import PromptStreamer, padding_of, shift_lengths
+from dyntok_plugin.hf.generation import padding_of
 from dyntok_plugin.hf.parts import VISION_PARTS, vision_owner
 from dyntok_plugin.hf.wrapping import (
     Originals,
-    generating,
+    call_without_videos,
+    check_video_call,
+    generate_with_videos,
     install,
-    restore_prompt,
-    take_inputs_argument,
+    shift_cache_position,
     uninstall,
 )
 
@@ -132,9 +132,7 @@ def _find_host(model: nn.Module) -> _Host:
 
 def _forward(model: nn.Module, state: _State, call: dict, args: tuple, kwargs: dict):
     if call.get("pixel_values_videos") is None:
-        if not state.generating:
-            clear_stats(state.compressor)
-        return state.originals.methods["forward"](*args, **kwargs)
+        return call_without_videos(state, "forward", args, kwargs)
     side, unpadded = padding_of(call.get("attention_mask"), call.get("labels"))
     # Left padding that DynTok adds to an unpadded batch must not shift the positions: rebuild them from the mask.
     _splice_videos(model, state, call, side, positions_from_mask=unpadded and side == "left")
@@ -154,35 +152,16 @@ def _forward(model: nn.Module, state: _State, call: dict, args: tuple, kwargs: d
 
 def _generate(model: nn.Module, state: _State, call: dict, args: tuple, kwargs: dict):
     if call.get("pixel_values_videos") is None:
-        clear_stats(state.compressor)
-        with generating(state):
-            return state.originals.methods["generate"](*args, **kwargs)
-    take_inputs_argument(call)
-    user_ids = call.get("input_ids")
-    with torch.no_grad():
-        _splice_videos(model, state, call, "left")
-    shift_lengths(call, model.generation_config, call["input_ids"].shape[1] - user_ids.shape[1])
-    if call.get("streamer") is not None:
-        call["streamer"] = PromptStreamer(call["streamer"], user_ids.cpu())
-    with generating(state):
-        output = state.originals.methods["generate"](**call)
-    return restore_prompt(output, user_ids, call["input_ids"].shape[1])
+        return call_without_videos(state, "generate", args, kwargs)
+    return generate_with_videos(model, state, call, lambda call: _splice_videos(model, state, call, "left"))
 
 
 def _splice_videos(model: nn.Module, state: _State, call: dict, padding_side: str,
                    positions_from_mask: bool = False) -> None:
     """Compute the DynTok video tokens and rewrite `call` in place to carry them as `inputs_embeds`."""
     host = state.host
-    input_ids = call.get("input_ids")
-    if input_ids is None:
-        raise ValueError(
-            "DynTok needs input_ids to find the video placeholders; pass input_ids (not only inputs_embeds) "
-            "together with pixel_values_videos."
-        )
-    if (call.get("mm_encoder_outputs") or {}).get("video") is not None:
-        raise ValueError("Pass either pixel_values_videos or mm_encoder_outputs['video'], not both.")
-    if call.get("inputs_embeds") is not None:
-        raise ValueError("Pass either input_ids or inputs_embeds together with pixel_values_videos, not both.")
+    check_video_call(call)
+    input_ids = call["input_ids"]
     if call.get("pixel_values") is not None and transformers_version() < _MIN_MIXED_VERSION:
         raise ValueError(
             "Images and videos in one call need transformers >= 4.54 with DynTok (older versions reject "
@@ -203,10 +182,7 @@ def _splice_videos(model: nn.Module, state: _State, call: dict, padding_side: st
     if call.get("position_ids") is not None or positions_from_mask:
         mask = spliced["attention_mask"]
         call["position_ids"] = (mask.long().cumsum(-1) - 1).masked_fill(mask == 0, 1)
-    if call.get("cache_position") is not None:
-        start = call["cache_position"].reshape(-1)[0]
-        width = spliced["input_ids"].shape[1]
-        call["cache_position"] = torch.arange(width, device=call["cache_position"].device) + start
+    shift_cache_position(call, spliced["input_ids"].shape[1])
     call.pop("image_sizes_videos", None)
 
 

@@ -29,22 +29,22 @@ from __future__ import annotations
 import math
 import weakref
 from dataclasses import dataclass
-from typing import Any
 
 import torch
-from torch import Tensor, nn
+from torch import nn
 
 from dyntok_plugin.core import DynTokCompressor, DynTokConfig
-from dyntok_plugin.hf.binding import clear_stats
 from dyntok_plugin.hf.common import transformers_version
-from dyntok_plugin.hf.generation import PromptStreamer, padding_of, shift_lengths
+from dyntok_plugin.hf.generation import padding_of
+from dyntok_plugin.hf.parts import PLUGIN_MARKER
 from dyntok_plugin.hf.splice import IGNORE_INDEX, check_text_inputs
 from dyntok_plugin.hf.wrapping import (
     Originals,
-    generating,
+    call_without_videos,
+    check_video_call,
+    generate_with_videos,
     install,
-    restore_prompt,
-    take_inputs_argument,
+    shift_cache_position,
     uninstall,
 )
 
@@ -57,7 +57,7 @@ SUPPORTED_CLASSES = (
     "transformers.Qwen3VLMoeForConditionalGeneration",
 )
 STATE_ATTRIBUTE = "_dyntok_qwen_state"
-MARKER_ATTRIBUTE = "dyntok_marker"
+MARKER_ATTRIBUTE = PLUGIN_MARKER
 DEFAULT_SETTINGS = {"marker": "none"}
 MIN_TRANSFORMERS = (5, 18)  # first with `mm_encoder_outputs` on forward and in generate
 _CLASS_NAMES = tuple(name.split(".")[-1] for name in SUPPORTED_CLASSES)
@@ -150,37 +150,21 @@ def _find_host(model: nn.Module) -> _Host:
 
 
 def _forward(model: nn.Module, state: _State, call: dict, args: tuple, kwargs: dict):
-    original = state.originals.methods["forward"]
     if call.get("pixel_values_videos") is None:
-        if not state.generating:
-            clear_stats(state.compressor)
-        return original(*args, **kwargs)
+        return call_without_videos(state, "forward", args, kwargs)
     side, _ = padding_of(call.get("attention_mask"), call.get("labels"))
     given = call.get("position_ids")
     _shorten(model, state, call, side, text_row=given is not None and given.dim() == 3 and given.shape[0] == 4)
-    output = original(**call)
+    output = state.originals.methods["forward"](**call)
     if not isinstance(output, tuple):
         output.attention_mask = call["attention_mask"]  # the mask of the sequence that ran (to extend when decoding)
     return output
 
 
 def _generate(model: nn.Module, state: _State, call: dict, args: tuple, kwargs: dict):
-    original = state.originals.methods["generate"]
     if call.get("pixel_values_videos") is None:
-        clear_stats(state.compressor)
-        with generating(state):
-            return original(*args, **kwargs)
-    take_inputs_argument(call)
-    user_ids = call.get("input_ids")
-    with torch.no_grad():
-        _shorten(model, state, call, "left", text_row=True)
-    width = call["input_ids"].shape[1]
-    shift_lengths(call, model.generation_config, width - user_ids.shape[1])
-    if call.get("streamer") is not None:
-        call["streamer"] = PromptStreamer(call["streamer"], user_ids.cpu())
-    with generating(state):
-        output = original(**call)
-    return restore_prompt(output, user_ids, width)
+        return call_without_videos(state, "generate", args, kwargs)
+    return generate_with_videos(model, state, call, lambda call: _shorten(model, state, call, "left", text_row=True))
 
 
 def _shorten(model: nn.Module, state: _State, call: dict, side: str, text_row: bool) -> None:
@@ -192,8 +176,8 @@ def _shorten(model: nn.Module, state: _State, call: dict, side: str, text_row: b
             "learnable marker of the other layouts is registered (to train and be saved) at patch time: call "
             f"unpatch_llava(model), then patch_llava(model, marker={compressor.config.marker!r}, ...)."
         )
-    input_ids = call.get("input_ids")
-    _check_call(call, input_ids)
+    check_video_call(call)
+    input_ids = call["input_ids"]
     attention_mask, labels = call.get("attention_mask"), call.get("labels")
     check_text_inputs(input_ids, attention_mask, labels)
     types = call.get("mm_token_type_ids")
@@ -207,7 +191,7 @@ def _shorten(model: nn.Module, state: _State, call: dict, side: str, text_row: b
     positions.check_runs(placeholder, grids, host.slice_runs)
     source_positions = positions.stock_positions(host.owner, call, input_ids, types, grid_thw, attention_mask)
     compressor.train(model.training)
-    videos = compress_videos(host.owner, compressor, pixels, grid_thw, grids, host.hidden_size)
+    videos = compress_videos(host.owner, compressor, pixels, grid_thw, grids)
     multiple = compressor.config.pad_to_multiple_of if labels is not None else None
     plan = positions.plan(valid, placeholder, videos.repeats, side, multiple)
     ids = plan.take(input_ids, host.pad_token_id)
@@ -219,9 +203,7 @@ def _shorten(model: nn.Module, state: _State, call: dict, side: str, text_row: b
     shortened = positions.take_positions(plan, source_positions)
     host.owner.rope_deltas = positions.rope_deltas(source_positions, valid, plan)
     call["position_ids"] = positions.with_text_row(shortened, call["attention_mask"]) if text_row else shortened
-    if call.get("cache_position") is not None:
-        start = call["cache_position"].reshape(-1)[0]
-        call["cache_position"] = torch.arange(plan.width, device=call["cache_position"].device) + start
+    shift_cache_position(call, plan.width)
     encoded = dict(call.get("mm_encoder_outputs") or {})
     encoded["video"] = videos.encoder_output
     if call.get("pixel_values") is not None:
@@ -230,16 +212,3 @@ def _shorten(model: nn.Module, state: _State, call: dict, side: str, text_row: b
         )
     call["mm_encoder_outputs"] = encoded
     call.pop("second_per_grid_ts", None)
-
-
-def _check_call(call: dict, input_ids: Any) -> None:
-    """`ValueError`s for argument combinations DynTok cannot serve."""
-    if input_ids is None:
-        raise ValueError("DynTok needs input_ids to find the video placeholders; pass input_ids (not only "
-                         "inputs_embeds) together with pixel_values_videos.")
-    if not isinstance(input_ids, Tensor):
-        raise TypeError(f"input_ids must be a tensor, got {type(input_ids).__name__}.")
-    if call.get("inputs_embeds") is not None:
-        raise ValueError("Pass either input_ids or inputs_embeds together with pixel_values_videos, not both.")
-    if (call.get("mm_encoder_outputs") or {}).get("video") is not None:
-        raise ValueError("Pass either pixel_values_videos or mm_encoder_outputs['video'], not both.")

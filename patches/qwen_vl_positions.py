@@ -10,6 +10,7 @@ placeholder runs match the grids (`check_runs`), vectorised with one host read-b
 
 from __future__ import annotations
 
+import functools
 import inspect
 
 import torch
@@ -34,9 +35,15 @@ def stock_positions(owner: nn.Module, call: dict, input_ids: Tensor, types: Tens
         return given[-3:]
     arguments = dict(mm_token_type_ids=types, image_grid_thw=call.get("image_grid_thw"),
                      video_grid_thw=video_grid_thw, attention_mask=attention_mask)
-    if "second_per_grid_ts" in inspect.signature(owner.get_rope_index).parameters:
+    if _takes_seconds(type(owner)):
         arguments["second_per_grid_ts"] = call.get("second_per_grid_ts")
     return owner.get_rope_index(input_ids, **arguments)[0]
+
+
+@functools.lru_cache(maxsize=None)
+def _takes_seconds(owner_class: type) -> bool:
+    """Whether the host's `get_rope_index` takes `second_per_grid_ts` (Qwen2.5-VL), read once per class."""
+    return "second_per_grid_ts" in inspect.signature(owner_class.get_rope_index).parameters
 
 
 def check_runs(placeholder: Tensor, grids: list, slice_runs: bool) -> None:
@@ -81,8 +88,7 @@ def rope_deltas(positions: Tensor, valid: Tensor, resplice: ReSplice) -> Tensor:
     """`(B, 1)`: largest stock position of each sample + 1 - its shortened length."""
     lowest = torch.iinfo(positions.dtype).min
     largest = positions.masked_fill(~valid[None], lowest).amax(dim=(0, 2))
-    lengths = torch.tensor(resplice.row_lengths, dtype=largest.dtype).to(largest.device, non_blocking=True)
-    return (largest + 1 - lengths).unsqueeze(1)
+    return (largest + 1 - resplice.row_lengths.to(largest.dtype)).unsqueeze(1)
 
 
 def with_text_row(positions: Tensor, attention_mask: Tensor) -> Tensor:

@@ -27,8 +27,6 @@ class CompressedVideos:
 
     encoder_output: object  # the stock `get_video_features` output with per-video DynTok tokens (and levels)
     repeats: Tensor  # (sum t*h'*w',) tokens anchored at each merged-grid position, videos in order
-    grids: list  # (t, h', w') per video
-    lengths: list  # tokens per video, markers included
 
 
 def check_videos(pixels: Tensor, grid_thw: Tensor | None, merge: int) -> list:
@@ -73,9 +71,9 @@ def window_means_appended(merger: nn.Module, merge_unit: int, enabled: bool):
 
 
 def compress_videos(owner: nn.Module, compressor: DynTokCompressor, pixels: Tensor, grid_thw: Tensor,
-                    grids: list, hidden_size: int) -> CompressedVideos:
+                    grids: list) -> CompressedVideos:
     """Stock `get_video_features` (with the window-mean hook for `similarity="vision"`), then DynTok per shape."""
-    visual = owner.visual
+    visual, hidden_size = owner.visual, compressor.hidden_size
     merge_unit = visual.spatial_merge_size**2
     vision = compressor.config.similarity == "vision" and compressor.similarity_needed()
     with window_means_appended(visual.merger, merge_unit, vision):
@@ -93,7 +91,7 @@ def compress_videos(owner: nn.Module, compressor: DynTokCompressor, pixels: Tens
     if levels:
         output.deepstack_features = [torch.split(level, lengths) for level in level_tokens.split(hidden_size, -1)]
     output.last_hidden_state = None  # pre-merger states of the full grid: nothing downstream reads them
-    return CompressedVideos(output, repeats, grids, lengths)
+    return CompressedVideos(output, repeats)
 
 
 def _compress_by_shape(compressor: DynTokCompressor, features: Tensor, similarity: Tensor | None,
@@ -111,13 +109,14 @@ def _compress_by_shape(compressor: DynTokCompressor, features: Tensor, similarit
         members = [v for v, g in enumerate(grids) if g[1:] == (h, w)]
         frames = [grids[v][0] for v in members]
         rows = None if len(shapes) == 1 else _ranges([offsets[v] for v in members], [sizes[v] for v in members])
-        take = (lambda x: x) if rows is None else (lambda x: x[rows.to(device, non_blocking=True)])
+        rows = None if rows is None else rows.to(device, non_blocking=True)
+        take = (lambda x: x) if rows is None else (lambda x: x[rows])
         shape = (sum(frames), h, w, -1)
         batch = compressor.compress_batch(
             take(features).reshape(shape), frames, None if similarity is None else take(similarity).reshape(shape)
         )
-        anchors = _anchors(batch.token_map, compressor.config.marker, frames)
-        repeats = anchors if rows is None else repeats.index_copy(0, rows.to(device, non_blocking=True), anchors)
+        anchors = _anchors(batch.token_map, batch.tokens.shape[0])
+        repeats = anchors if rows is None else repeats.index_copy(0, rows, anchors)
         tokens.append(batch.tokens)
         if levels is not None:
             level_tokens.append(group_means(take(levels), batch.token_map.flatten(), batch.tokens.shape[0]))
@@ -147,16 +146,11 @@ def _ranges(starts: list, sizes: list) -> Tensor:
     return torch.tensor(starts)[block] + within
 
 
-def _anchors(token_map: Tensor, marker: str, frames: list) -> Tensor:
-    """Per merged-grid position: 1 if it opens a group, plus 1 where a marker closing its row, frame or video
-    is anchored (the position the marker's 3-D position is taken from)."""
-    opens = torch.ones_like(token_map, dtype=torch.long)
-    opens[:, :, 1:] = (token_map[:, :, 1:] != token_map[:, :, :-1]).long()
-    if marker == "row":
-        opens[:, :, -1] += 1
-    elif marker == "frame":
-        opens[:, -1, -1] += 1
-    elif marker == "video":
-        last_frames = torch.tensor(frames).cumsum(0) - 1
-        opens[last_frames.to(token_map.device), -1, -1] += 1
-    return opens.flatten()
+def _anchors(token_map: Tensor, total: int) -> Tensor:
+    """Per merged-grid position: 1 if it opens a group, plus the markers anchored there (the tokens between its
+    group and the next, i.e. those closing its row, frame or video: they take this position's 3-D position).
+    `token_map` indexes the batch's `total` tokens in order, so both follow from its steps."""
+    index = token_map.flatten()
+    opens = (torch.diff(index, prepend=index.new_full((1,), -1)) > 0).long()
+    markers_after = (torch.diff(index, append=index.new_full((1,), total)) - 1).clamp_min(0)
+    return opens + markers_after

@@ -16,11 +16,19 @@ from __future__ import annotations
 import os
 import re
 import shlex
+import socket
 import subprocess
 import sys
 from typing import Callable, Optional, Sequence, Union
 
 import pytest
+
+def free_port() -> int:
+    """An unused TCP port on localhost (a torch.distributed rendezvous, a server)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
 
 # Connection failures of torch.distributed's gloo backend and TCP rendezvous that come from the machine (load,
 # a port grabbed by another process), not from the code under test.

@@ -9,7 +9,6 @@ pooling, 16 tokens per frame) saved together with a `LlavaOnevisionProcessor` (i
 from __future__ import annotations
 
 import os
-import socket
 import sys
 from pathlib import Path
 from typing import Union
@@ -17,6 +16,7 @@ from typing import Union
 import torch
 
 import hf_tiny
+from commands import free_port  # noqa: F401  (the tests call fu.free_port)
 from dyntok_plugin.hf import synthetic
 from dyntok_plugin.train import VideoQACollator
 from dyntok_plugin.train.finetune import train
@@ -44,13 +44,6 @@ def save_checkpoint(folder: Union[str, Path], seed: int = 0) -> Path:
 def write_dataset(folder: Union[str, Path], frame_counts=FRAME_COUNTS) -> Path:
     """A JSONL of the synthetic QA pairs on the bundled clip, one frame count per line, with the clip beside it."""
     return synthetic.write_qa_dataset(folder, CLIP, frame_counts)
-
-
-def free_port() -> int:
-    """An unused TCP port on localhost for a torch.distributed rendezvous."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def offline_env() -> dict:

@@ -126,7 +126,6 @@ def _stock_answer(checkpoint) -> str:
 
 
 def test_generate_with_a_qwen_checkpoint(checkpoint):
-    pytest.importorskip("dyntok_plugin.patches.hf_qwen_vl", reason="the Qwen VL patch (branch qwen) is not here yet")
     slices, (rows, cols) = FRAMES // 2, CITY_GRID
     answer, frames, tokens_in, tokens_out = _generate(checkpoint, "--threshold", "0.9")
     assert answer and tokens_in == slices * rows * cols

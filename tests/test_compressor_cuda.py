@@ -158,16 +158,22 @@ def test_one_host_synchronisation_per_call(settings, mode):
         assert count_syncs(lambda: comp.compress_batch(x, frames, s)) == 1
 
 
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_host_pooling_on_channel_slices_gives_the_same_numbers(dtype):
+def _host_pooling():
+    """LLaVA-OneVision's own channels-first video pooling of a 27x27 SigLIP grid (no model needed)."""
     from types import SimpleNamespace
 
-    from dyntok_plugin.hf.common import per_channel_concurrently
     from transformers.models.llava_onevision import modeling_llava_onevision as host_module
 
     host_class = getattr(host_module, "LlavaOnevisionModel", host_module.LlavaOnevisionForConditionalGeneration)
     owner = SimpleNamespace(config=SimpleNamespace(vision_config=SimpleNamespace(image_size=384, patch_size=14)))
-    pool = lambda x: host_class.apply_pooling(owner, x)  # noqa: E731
+    return lambda x: host_class.apply_pooling(owner, x)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_host_pooling_on_channel_slices_gives_the_same_numbers(dtype):
+    from dyntok_plugin.hf.common import per_channel_concurrently
+
+    pool = _host_pooling()
     for channels in (896, 1152, 100):
         features = torch.randn(8, 27 * 27, channels, device=CUDA, dtype=dtype, requires_grad=True)
         weight = torch.randn(8, 14 * 14, channels, device=CUDA, dtype=dtype)
@@ -184,14 +190,9 @@ def test_host_pooling_on_channel_slices_gives_the_same_numbers(dtype):
 
 def test_host_pooling_under_torch_compile_is_one_traced_call():
     """A compiled caller traces the host's plain call (no side streams, no graph break) and gets its numbers."""
-    from types import SimpleNamespace
-
     from dyntok_plugin.hf.common import per_channel_concurrently
-    from transformers.models.llava_onevision import modeling_llava_onevision as host_module
 
-    host_class = getattr(host_module, "LlavaOnevisionModel", host_module.LlavaOnevisionForConditionalGeneration)
-    owner = SimpleNamespace(config=SimpleNamespace(vision_config=SimpleNamespace(image_size=384, patch_size=14)))
-    pool = lambda x: host_class.apply_pooling(owner, x)  # noqa: E731
+    pool = _host_pooling()
     features = torch.randn(4, 27 * 27, 256, device=CUDA, requires_grad=True)
     weight = torch.randn(4, 14 * 14, 256, device=CUDA)
 

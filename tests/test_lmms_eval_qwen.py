@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import math
 from importlib import metadata
-from pathlib import Path
 
 import pytest
 
 pytest.importorskip("lmms_eval", reason="needs the eval extra: pip install 'dyntok-plugin[eval]'")
 pytest.importorskip("torchvision", reason="the transformers Qwen VL video processors need torchvision")
 
+import media  # noqa: E402
 import torch  # noqa: E402
 from lmms_eval.models import get_model  # noqa: E402
 
@@ -25,7 +25,7 @@ from dyntok_plugin.hf import synthetic_qwen  # noqa: E402
 from dyntok_plugin.hf.qwen_inputs import default_normalisation, video_pixels  # noqa: E402
 from dyntok_plugin.video import load_video  # noqa: E402
 
-CLIP = Path(__file__).resolve().parents[1] / "assets" / "city_cc0.mp4"
+CLIP = media.CITY_CLIP
 FRAMES = 4
 MODEL_IDS = {"qwen2_5_vl": QWEN25_MODEL_ID, "qwen3_vl": QWEN3_MODEL_ID}
 TASK, SPLIT = "clips", "test"
@@ -103,7 +103,6 @@ def test_hand_built_pixels_equal_the_video_processor(checkpoint):
 
 
 def test_no_op_settings_reproduce_the_baseline_and_merging_shortens_the_prompt(checkpoint):
-    pytest.importorskip("dyntok_plugin.patches.hf_qwen_vl", reason="the Qwen VL patch (branch qwen) is not here yet")
     base = make_model(checkpoint, "dyntok=false", batch_size=2)
     noop = make_model(checkpoint, "dyntok_threshold=1.5", batch_size=2)  # marker "none": the hosts' default
     merged = make_model(checkpoint, "dyntok_threshold=-1.5")

@@ -11,7 +11,6 @@ import importlib.metadata
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -32,12 +31,6 @@ from dyntok_plugin.core import DynTokConfig, budget_tokens  # noqa: E402
 SETTINGS = {"max_tokens": 40}
 FRAMES = 4
 START_TIMEOUT = 300
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def serve_command() -> list:
@@ -92,7 +85,7 @@ def chat(url: str, video: Path) -> dict:
 def test_vllm_serve_with_hf_overrides_answers_a_video_chat_within_the_budget(tmp_path):
     checkpoint = vllm_tiny.save_published_layout(tmp_path / "ckpt", vllm_tiny.tiny_model())
     video = media.write_clip(tmp_path / "clip.mp4", vllm_tiny.frames(FRAMES)[:, :64, :64])
-    port = free_port()
+    port = commands.free_port()
     command = [*serve_command(), checkpoint, "--served-model-name", "tiny",
                "--host", "127.0.0.1", "--port", port, "--dtype", "float32", "--max-model-len", vllm_tiny.MAX_MODEL_LEN,
                "--enforce-eager", "--hf-overrides", json.dumps({"dyntok": SETTINGS})]

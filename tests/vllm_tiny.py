@@ -19,13 +19,12 @@ import torch  # noqa: E402
 from media import CITY_CLIP  # noqa: E402
 
 from dyntok_plugin.hf.synthetic import (  # noqa: E402
-    CHAT_TEMPLATE,
     VIDEO_ID,
     VLLM_TEXT,
     build_tokenizer,
     llava_onevision_config,
     random_llava_onevision,
-    save_published_layout,
+    save_published_layout,  # noqa: F401  (the tests save their checkpoints with it)
 )
 from dyntok_plugin.video import load_video  # noqa: E402
 
@@ -40,17 +39,6 @@ def tiny_model(seed: int = 0):
     config = llava_onevision_config(vision=VISION, text=VLLM_TEXT)
     config._attn_implementation = "eager"
     return random_llava_onevision(config, seed=seed)
-
-
-def save_checkpoint(folder: Path, model, settings: dict | None = None) -> Path:
-    """`model` in the published layout, with `settings` saved as its `config.dyntok` when given."""
-    if settings is not None:
-        model.config.dyntok = dict(settings)
-    try:
-        return save_published_layout(folder, model)
-    finally:
-        if settings is not None:
-            del model.config.dyntok
 
 
 def start_engine(checkpoint: Path, **kwargs):
@@ -80,7 +68,6 @@ def prompt(*media: str) -> str:
     """The chat prompt with one placeholder per medium ("video" or "image") and a question."""
     content = [{"type": kind} for kind in media] + [{"type": "text", "text": "what is happening in the video ?"}]
     tokenizer = build_tokenizer()
-    tokenizer.chat_template = CHAT_TEMPLATE
     return tokenizer.apply_chat_template([{"role": "user", "content": content}], tokenize=False,
                                          add_generation_prompt=True)
 

@@ -28,14 +28,20 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ..hf.checkpoints import SIGLIP_MEAN, SIGLIP_STD, dtype_argument, image_normalisation, video_model_class
+from ..hf.checkpoints import (
+    QWEN_MODEL_TYPES,
+    SIGLIP_MEAN,
+    SIGLIP_STD,
+    dtype_argument,
+    image_normalisation,
+    video_model_class,
+)
 from ..hf.common import bilinear_pool, vision_features
 from ..hf.parts import vision_owner
 from ..hf.processing import frames_to_pixels
 from ..hf.qwen_inputs import (
     MAX_PIXELS,
     QWEN_MEAN,
-    QWEN_MODEL_TYPES,
     QWEN_STD,
     default_normalisation,
     merged_grid,
@@ -370,11 +376,6 @@ def load_video_model(id_or_path: str, dtype: torch.dtype = torch.float32, model_
     default = default_normalisation(model_type) if qwen else (SIGLIP_MEAN, SIGLIP_STD)
     mean, std = image_normalisation(id_or_path, default)
     return model, mean, std
-
-
-def load_llava_onevision(id_or_path: str, dtype: torch.dtype = torch.float32):
-    """`(model, image_mean, image_std)` for a LLaVA-OneVision checkpoint; one-line errors for bad ids or paths."""
-    return load_video_model(id_or_path, dtype, LLAVA_TYPES)
 
 
 def load_encoder(model: str | None = None, max_pixels: int = MAX_PIXELS) -> Encoder:

@@ -26,6 +26,7 @@ VIDEO_MODEL_CLASSES = {
     "qwen3_vl": "Qwen3VLForConditionalGeneration",
     "qwen3_vl_moe": "Qwen3VLMoeForConditionalGeneration",
 }
+QWEN_MODEL_TYPES = tuple(t for t in VIDEO_MODEL_CLASSES if t.startswith("qwen"))
 
 
 def video_model_class(model_type: str):

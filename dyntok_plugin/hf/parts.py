@@ -12,6 +12,7 @@ from typing import Optional, Sequence
 from torch import nn
 
 VISION_PARTS = ("vision_tower", "multi_modal_projector")
+PLUGIN_MARKER = "dyntok_marker"  # the marker DynTok registers on hosts without one (Qwen VL), a model parameter
 
 
 def vision_owner(model: nn.Module, needed: Sequence[str] = VISION_PARTS) -> Optional[nn.Module]:
@@ -46,7 +47,7 @@ def find_parts(model: nn.Module) -> ModelParts:
             owner=qwen,
             vision_tower=visual,
             projector=nn.ModuleList([visual.merger, *getattr(visual, "deepstack_merger_list", [])]),
-            marker=model._parameters.get("dyntok_marker"),
+            marker=model._parameters.get(PLUGIN_MARKER),
             language_model=qwen.language_model,
             lm_head=getattr(model, "lm_head", None),
         )

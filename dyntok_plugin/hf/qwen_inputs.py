@@ -17,13 +17,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from .checkpoints import QWEN_MODEL_TYPES
 from .synthetic_qwen import patchify
 
 # Qwen2.5-VL's processors normalise with OpenAI CLIP's mean and std; Qwen3-VL's with 0.5 / 0.5.
 QWEN_MEAN = (0.48145466, 0.4578275, 0.40821073)
 QWEN_STD = (0.26862954, 0.26130258, 0.27577711)
 HALF = (0.5, 0.5, 0.5)
-QWEN_MODEL_TYPES = ("qwen2_5_vl", "qwen3_vl", "qwen3_vl_moe")
 MIN_PIXELS = 56 * 56  # the Qwen2-VL image processor's min_pixels: smaller frames are scaled up
 MAX_PIXELS = 448 * 448  # per frame; the processors' video bounds are larger, this keeps the command fast
 

@@ -24,7 +24,7 @@ class ReSplice:
     batch: int
     length: int  # L, the input width
     width: int  # W, the output width
-    row_lengths: list  # valid output positions per row
+    row_lengths: Tensor  # (B,) valid output positions per row, on the batch's device
 
     def take(self, values: Tensor, fill: float | int) -> Tensor:
         """`(B, L, ...)` -> `(B, W, ...)`: each output position gets its source's value, padding gets `fill`."""
@@ -66,4 +66,4 @@ def plan(valid: Tensor, placeholder: Tensor, repeats: Tensor, padding_side: str,
     rank = torch.arange(total, device=device) - row_start[row]
     shift = (width - row_lengths_device) if padding_side == "left" else torch.zeros_like(row_lengths_device)
     target = row * width + shift[row] + rank
-    return ReSplice(source, target, batch, length, width, row_lengths)
+    return ReSplice(source, target, batch, length, width, row_lengths_device)

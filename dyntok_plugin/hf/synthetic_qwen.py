@@ -25,13 +25,14 @@ import torch
 from torch import Tensor
 
 from . import synthetic
+from .checkpoints import QWEN_MODEL_TYPES, video_model_class
 
 PAD_ID, EOS_ID, IMAGE_ID, VIDEO_ID, VISION_START_ID, VISION_END_ID = 0, 1, 2, 3, 4, 5
 IM_START_ID, SECONDS_ID = 6, 7
 DIGIT_IDS = tuple(range(8, 18))  # "0".."9": timestamps are ordinary text tokens
 FIRST_TEXT_ID = 18
 VOCAB_SIZE = 128
-KINDS = ("qwen2_5_vl", "qwen3_vl", "qwen3_vl_moe")
+KINDS = QWEN_MODEL_TYPES
 
 _IDS = dict(image_token_id=IMAGE_ID, video_token_id=VIDEO_ID, vision_start_token_id=VISION_START_ID,
             vision_end_token_id=VISION_END_ID)
@@ -74,11 +75,7 @@ def qwen_vl_config(kind: str = "qwen2_5_vl", vision: Optional[dict] = None, text
 
 def model_class(config: Any):
     """The `...ForConditionalGeneration` class of a Qwen VL config."""
-    import transformers
-
-    names = {"qwen2_5_vl": "Qwen2_5_VLForConditionalGeneration", "qwen3_vl": "Qwen3VLForConditionalGeneration",
-             "qwen3_vl_moe": "Qwen3VLMoeForConditionalGeneration"}
-    return getattr(transformers, names[config.model_type])
+    return video_model_class(config.model_type)
 
 
 def random_qwen_vl(config: Any, seed: int = 0, device: Union[str, torch.device, None] = None):

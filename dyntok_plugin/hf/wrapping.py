@@ -19,7 +19,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from .binding import adopt_assigned
+from .binding import adopt_assigned, clear_stats
+from .generation import PromptStreamer, shift_lengths
 
 WRAPPED_METHODS = ("forward", "generate")
 
@@ -113,6 +114,56 @@ def generating(state: Any):
         yield
     finally:
         state.generating -= 1
+
+
+def call_without_videos(state: Any, name: str, args: tuple, kwargs: dict) -> Any:
+    """A call with no videos goes to the original untouched; it clears `last_stats`, except a forward that is a
+    decode step of a patched generate."""
+    if name == "generate" or not state.generating:
+        clear_stats(state.compressor)
+    original = state.originals.methods[name]
+    if name != "generate":
+        return original(*args, **kwargs)
+    with generating(state):
+        return original(*args, **kwargs)
+
+
+def generate_with_videos(model: nn.Module, state: Any, call: dict, prepare: Callable[[dict], None]) -> Any:
+    """The patched generate of a call with videos: `prepare(call)` (no gradients) rewrites the prompt for DynTok;
+    `max_length`/`min_length` and a streamer keep counting the caller's prompt, which heads the returned
+    sequences in place of the rewritten one."""
+    take_inputs_argument(call)
+    user_ids = call.get("input_ids")
+    with torch.no_grad():
+        prepare(call)
+    width = call["input_ids"].shape[1]
+    shift_lengths(call, model.generation_config, width - user_ids.shape[1])
+    if call.get("streamer") is not None:
+        call["streamer"] = PromptStreamer(call["streamer"], user_ids.cpu())
+    with generating(state):
+        output = state.originals.methods["generate"](**call)
+    return restore_prompt(output, user_ids, width)
+
+
+def check_video_call(call: dict) -> None:
+    """`ValueError`/`TypeError` for argument combinations a DynTok call with videos cannot serve."""
+    input_ids = call.get("input_ids")
+    if input_ids is None:
+        raise ValueError("DynTok needs input_ids to find the video placeholders; pass input_ids (not only "
+                         "inputs_embeds) together with pixel_values_videos.")
+    if not isinstance(input_ids, Tensor):
+        raise TypeError(f"input_ids must be a tensor, got {type(input_ids).__name__}.")
+    if call.get("inputs_embeds") is not None:
+        raise ValueError("Pass either input_ids or inputs_embeds together with pixel_values_videos, not both.")
+    if (call.get("mm_encoder_outputs") or {}).get("video") is not None:
+        raise ValueError("Pass either pixel_values_videos or mm_encoder_outputs['video'], not both.")
+
+
+def shift_cache_position(call: dict, width: int) -> None:
+    """A given `cache_position` re-made for a prompt of `width` tokens, from the same start."""
+    if call.get("cache_position") is not None:
+        start = call["cache_position"].reshape(-1)[0]
+        call["cache_position"] = torch.arange(width, device=call["cache_position"].device) + start
 
 
 def take_inputs_argument(call: dict) -> None:

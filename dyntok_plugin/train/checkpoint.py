@@ -11,10 +11,10 @@ import torch
 
 from ..api import CONFIG_ATTRIBUTE, patch_llava, unwrap_model
 from ..hf.checkpoints import dtype_argument, host_model_class
-from ..hf.parts import find_parts
+from ..hf.parts import PLUGIN_MARKER, find_parts
 
 DYNTOK_FILE = "dyntok.json"
-PLUGIN_MARKER_KEY = "dyntok_marker"  # the marker DynTok registers on hosts without one (Qwen VL)
+PLUGIN_MARKER_KEY = PLUGIN_MARKER  # the marker DynTok registers on hosts without one (Qwen VL)
 
 
 def save_for_inference(trainer: Any, processor: Any, output_dir: str | os.PathLike) -> Path:

@@ -173,12 +173,17 @@ class VideoQACollator:
             "attention_mask": torch.zeros((len(examples), width), dtype=torch.long),
             "labels": torch.full((len(examples), width), IGNORE_INDEX, dtype=torch.long),
         }
+        if "mm_token_type_ids" in examples[0]:  # Qwen VL: 0 on text and padding
+            batch["mm_token_type_ids"] = torch.zeros((len(examples), width),
+                                                     dtype=examples[0]["mm_token_type_ids"].dtype)
         for row, example in enumerate(examples):
             length = int(example["input_ids"].shape[0])
             span = slice(0, length) if self.padding_side == "right" else slice(width - length, width)
             batch["input_ids"][row, span] = example["input_ids"]
             batch["attention_mask"][row, span] = 1
             batch["labels"][row, span] = example["labels"]
+            if "mm_token_type_ids" in batch:
+                batch["mm_token_type_ids"][row, span] = example["mm_token_type_ids"]
         if "video_grid_thw" in examples[0]:
             return self._qwen_videos(examples, batch)
         videos = [example["pixel_values_videos"] for example in examples]
@@ -190,11 +195,4 @@ class VideoQACollator:
         for key in ("pixel_values_videos", "video_grid_thw", "second_per_grid_ts"):
             if key in examples[0]:
                 batch[key] = torch.cat([example[key] for example in examples])
-        if "mm_token_type_ids" in examples[0]:
-            types = torch.zeros_like(batch["input_ids"], dtype=examples[0]["mm_token_type_ids"].dtype)
-            for row, example in enumerate(examples):
-                length = int(example["input_ids"].shape[0])
-                span = slice(0, length) if self.padding_side == "right" else slice(-length, None)
-                types[row, span] = example["mm_token_type_ids"]
-            batch["mm_token_type_ids"] = types
         return batch
