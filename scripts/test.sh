@@ -43,10 +43,10 @@
 # Adding an environment: one `environment` line in ENVIRONMENTS (name, venv, what to install, which
 # tests), its constraints/<name>.txt (run once with --latest --freeze), and a row in the README's Testing table.
 #
-# Measured from a clean clone on 2 CPU cores (`bash .ci/run`): with the four environments 12 min 40 s, 21
-# CPU-minutes (main 12.5 min, tv 12, tf4 9.5, vllm 8.5, at once); before, three environments one after another, with
-# pip unpacking torch for each venv, took 17 min and 24 CPU-minutes. Alone, the uv installs took: the torch pair 44 s the first time, 3 s in the
-# second venv (pip: 80 to 105 s each); tv's packages 65 s (pip: 126 s).
+# Measured from a clean clone on 2 CPU cores (`bash .ci/run`): with the four environments 9 min 55 s (main 9.7 min,
+# tv 9.5, tf4 7, vllm 6.8, at once; 12-14 min in earlier runs of a busier machine); before, three environments one
+# after another, with pip unpacking torch for each venv, took 17 min. Alone, the uv installs took: the torch pair
+# 44 s the first time, 3 s in the second venv (pip: 80 to 105 s each); tv's packages 65 s (pip: 126 s).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 HF_DATASETS_OFFLINE=1 PYTHONUNBUFFERED=1
